@@ -1,0 +1,24 @@
+"""Data layer: BIOM + metadata -> dataset folder, and the rules shared with prediction.
+
+- `convert_dataset(...)`: validate inputs once and write a dataset folder (see `aam.data.convert`).
+- `Dataset.open(path)`: read one back.
+- `read_table(path, sequences=None)` + `table_to_rows(td, width=...)`: the same table -> rows path
+  that prediction uses on new tables.
+"""
+
+from aam.data._biom import TableData, read_table
+from aam.data.convert import ConvertReport, convert_dataset, table_to_rows
+from aam.data.dataset import Dataset
+from aam.data.sequences import SEQUENCE_RULE, VOCAB_SIZE, tokenize
+
+__all__ = [
+    "ConvertReport",
+    "Dataset",
+    "SEQUENCE_RULE",
+    "TableData",
+    "VOCAB_SIZE",
+    "convert_dataset",
+    "read_table",
+    "table_to_rows",
+    "tokenize",
+]

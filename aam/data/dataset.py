@@ -1,0 +1,83 @@
+"""Open a dataset folder written by `aam convert` (format: manifest.json, samples/asvs.parquet)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from aam.data._split import SPLITS
+from aam.errors import AamUserError
+
+SCHEMA_VERSIONS = (1,)
+
+
+@dataclass
+class Dataset:
+    path: Path
+    manifest: dict
+    samples: pa.Table  # one row per sample (see aam.data.convert)
+    asvs: pa.Table  # asv_idx, asv_id, sequence, tokens
+    tokens: np.ndarray  # uint8 [n_asvs, token_width]
+    unifrac: np.ndarray | None  # float32 [k, k], rows = samples.unifrac_row
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.manifest["targets"])
+
+    @property
+    def categoricals(self) -> dict[str, list[str]]:
+        return dict(self.manifest["categoricals"])
+
+    @property
+    def token_width(self) -> int:
+        return int(self.manifest["token_width"])
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Dataset":
+        path = Path(path)
+        hint = "create one with: aam convert --table ... --metadata ... --target ... --out " + str(path)
+        if not path.is_dir():
+            raise AamUserError(f"dataset folder {path} does not exist; {hint}")
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise AamUserError(f"{path} is not an aam dataset (no manifest.json); {hint}")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            version = manifest["schema_version"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise AamUserError(f"{manifest_path} is not a valid aam manifest; re-run aam convert") from None
+        if version not in SCHEMA_VERSIONS:
+            raise AamUserError(
+                f"{path} has dataset schema_version {version!r}, which this aam ({SCHEMA_VERSIONS}) cannot read; "
+                "convert it again with this version of aam"
+            )
+        files = ["samples.parquet", "asvs.parquet"] + (["unifrac.npy"] if manifest.get("unifrac") else [])
+        missing = [f for f in files if not (path / f).is_file()]
+        if missing:
+            raise AamUserError(f"dataset {path} is incomplete (no {missing[0]}); re-run aam convert")
+        samples = pq.read_table(path / "samples.parquet")
+        asvs = pq.read_table(path / "asvs.parquet")
+        width = int(manifest["token_width"])
+        flat = asvs.column("tokens").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        tokens = np.asarray(flat, dtype=np.uint8).reshape(len(asvs), width)
+        unifrac = np.load(path / "unifrac.npy") if manifest.get("unifrac") else None
+        return cls(path=path, manifest=manifest, samples=samples, asvs=asvs, tokens=tokens, unifrac=unifrac)
+
+    def split(self, name: str) -> pa.Table:
+        """The rows of one split (train, val or test), in the stored order."""
+        if name not in SPLITS:
+            raise AamUserError(f"split '{name}' is not one of: {', '.join(SPLITS)}")
+        return self.samples.filter(pc.equal(self.samples.column("split"), name))
+
+    def __repr__(self) -> str:
+        counts = self.manifest["split"]["counts"]
+        return (
+            f"Dataset({str(self.path)!r}, {len(self.samples)} samples, {len(self.asvs)} ASVs, "
+            f"targets={self.targets}, split={counts})"
+        )

@@ -1,0 +1,55 @@
+"""Shared test set-up: Ray's environment before Ray is imported, and one local Ray per session."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.update(
+    {
+        "RAY_AUTH_MODE": "disabled",  # tests talk to their own throw-away cluster
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+        "RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S": "120",
+        "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+        "RAY_AIR_NEW_OUTPUT": "0",
+    }
+)
+
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session (a second ray.init in a process is an error)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             object_store_memory=512 * 2**20, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def example_dataset(tmp_path_factory):
+    """The bundled mouse_age slice, converted once per session (no rarefaction, so predict can match)."""
+    from aam.data import convert_dataset
+    from aam.examples import path as example_path
+
+    src = example_path("mouse_age_mini")
+    out = tmp_path_factory.mktemp("data") / "mouse_mini"
+    convert_dataset(
+        table=src / "feature-table.biom",
+        metadata=src / "sample-metadata.tsv",
+        out=out,
+        targets=["Age_wk"],
+        categoricals=["Diet", "study"],
+        unifrac=src / "weighted-unifrac.tsv",
+        seed=0,
+    )
+    return out
