@@ -42,9 +42,13 @@ class RunConfig:
     targets: list = _f([], "Target columns to train on (default: every target of the dataset).", section="data")
     token_limit: int = _f(256, "Most ASVs per sample; the most abundant are kept.", low=1, section="data")
     batch_size: int = _f(16, "Samples per optimiser step (per worker).", low=2, section="data")
+    train_on_val: bool = _f(False, "Train on train+val (a final fit): the last epoch is kept, val scores are "
+                            "no longer held out.", section="data")
     # --- model ------------------------------------------------------------------------------
     d_model: int = _f(64, "Width of every embedding (nucleotide, ASV, sample).", low=8, section="model")
     n_heads: int = _f(4, "Attention heads in every transformer layer.", low=1, section="model")
+    nucleotide_patch: int = _f(4, "Nucleotides per position of the ASV transformer (1: one per letter; "
+                               "4 is ~4x faster at similar accuracy).", low=1, high=16, section="model")
     asv_layers: int = _f(2, "Transformer layers over the nucleotides of one ASV.", low=1, section="model")
     sample_layers: int = _f(2, "Transformer layers over the ASVs of one sample.", low=1, section="model")
     ff_mult: int = _f(2, "Feed-forward width as a multiple of d_model.", low=1, section="model")
@@ -117,6 +121,8 @@ class RunConfig:
                 raise AamUserError(f"{where}: {name}={value!r} is below its minimum {meta['low']}")
             if meta["high"] is not None and value > meta["high"]:
                 raise AamUserError(f"{where}: {name}={value!r} is above its maximum {meta['high']}")
+        if self.nucleotide_patch > 1 and self.d_model % 2:
+            raise AamUserError(f"{where}: d_model={self.d_model} must be even when nucleotide_patch > 1")
         if self.d_model % self.n_heads:
             raise AamUserError(f"{where}: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.head == "mlp" and not self.head_hidden:

@@ -63,10 +63,13 @@ def convert(
         if tree is not None:
             args.pop("unifrac", None)  # the user asked for a tree instead of the example's matrix
     args.update({k: v for k, v in given.items() if v is not None})
-    for key, flag in (("table", "--table"), ("metadata", "--metadata"), ("targets", "--target")):
+    for key, flag in (("table", "--table"), ("metadata", "--metadata")):
         if not args.get(key):
             raise AamUserError(f"{flag} is required (or pass --example mouse_age_mini to convert the bundled example)")
 
+    if not args.get("targets"):
+        args["targets"] = []
+        print("no --target: writing a pretraining dataset (UniFrac and masked nucleotides only)")
     report = convert_dataset(
         out=out,
         id_column=id_column,

@@ -138,8 +138,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def _check_args(targets, categoricals, split, rarefy, unifrac, tree, unifrac_metric, out, overwrite):
     """Everything that can be checked before reading a file, so mistakes fail fast."""
-    if not targets:
-        raise AamUserError("no target given; pass --target <metadata column> (e.g. --target Age_wk)")
     for label, names in (("--target", targets), ("--categorical", categoricals)):
         dup = next((n for n in names if names.count(n) > 1), None)
         if dup is not None:
@@ -170,7 +168,8 @@ def _choose_samples(td: TableData, meta, targets, rarefy, meta_name):
         )
     reads = dict(zip(td.sample_ids, np.asarray(td.matrix.sum(axis=0)).ravel()))
     values = [~np.isnan(_metadata.parse_target(meta[t], t, meta_name)) for t in targets]
-    has_target = dict(zip(meta.index, np.any(values, axis=0)))
+    # no target at all: a pretraining dataset (UniFrac + nucleotides), every sample counts
+    has_target = dict(zip(meta.index, np.any(values, axis=0) if values else np.ones(len(meta), bool)))
     tests = {
         "not_in_metadata": lambda s: s not in in_meta,
         "empty": lambda s: reads[s] <= 0,

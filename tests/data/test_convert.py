@@ -128,7 +128,7 @@ def test_refuses_to_overwrite_unless_asked(tiny, tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"targets": []}, "no target given"), ({"targets": ["age", "age"]}, "given twice"),
+    [({"targets": ["age", "age"]}, "given twice"),
      ({"targets": ["age"], "categoricals": ["age"]}, "both --target and --categorical"),
      ({"targets": ["age"], "unifrac": "a", "tree": "b"}, "not both"),
      ({"targets": ["age"], "unifrac_metric": "bray"}, "--unifrac-metric 'bray'"),
@@ -231,3 +231,11 @@ def test_real_mouse_age_with_partial_tree(tmp_path):
     assert ds.unifrac.shape == (info["n_samples"], info["n_samples"]) and info["n_samples"] >= 800
     assert np.allclose(ds.unifrac, ds.unifrac.T) and np.all(np.diag(ds.unifrac) == 0)
     assert any("not in the tree" in line for line in report.lines())
+
+
+def test_no_target_makes_a_pretraining_dataset_that_keeps_every_sample(tiny, tmp_path):
+    report = convert_dataset(tiny["table"], tiny["metadata"], tmp_path / "pre", [])
+    ds = Dataset.open(tmp_path / "pre")
+    assert ds.targets == []
+    assert not [c for c in ds.samples.column_names if c.startswith("target.")]
+    assert report.dropped["no_target"] == [] or report.dropped["no_target"]["count"] == 0

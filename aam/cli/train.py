@@ -1,0 +1,144 @@
+"""`aam train`: one training run on Ray Train (1..N workers, CPU or GPU)."""
+
+import shutil
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+import yaml
+
+from aam.cli._app import app
+from aam.cli._config_options import with_config_options
+from aam.config import RunConfig
+from aam.errors import AamUserError
+
+
+def load_run_file(path: Path) -> dict:
+    """A run config as YAML or JSON (JSON is YAML): the same keys as the flags."""
+    if not path.is_file():
+        raise AamUserError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise AamUserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise AamUserError(f"--config {path}: expected a mapping of config keys, got {type(values).__name__}")
+    return values
+
+
+def resolve_config(base: dict, overrides: dict, where: str) -> RunConfig:
+    """Base (defaults, a file, a checkpoint) + the flags typed; validated in one place."""
+    return RunConfig.from_dict({**base, **overrides}, where=where)
+
+
+@app.command()
+@with_config_options
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Run folder to write (model, predictions, TensorBoard).")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="Run config (YAML/JSON) to start from; flags override it.")] = None,
+    resume_from: Annotated[Optional[Path], typer.Option("--resume-from", help="Run folder to continue; flags such as --epochs or --lr override its config.")] = None,
+    best_of: Annotated[Optional[Path], typer.Option("--best-of", help="Retrain a searched config: STORAGE/NAME (its best trial) or STORAGE/NAME/TRIAL; flags override it.")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Train this many seeds (seed, seed+1, ...) into OUT/seed_K and summarise them.")] = 1,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster to use (default: RAY_ADDRESS, else an embedded local Ray).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a run folder that already has files.")] = False,
+    overrides: dict = None,
+):
+    """Train the AAM model on a dataset folder made by `aam convert`."""
+    from aam.distributed.train import train as run_training
+
+    base: dict = {}
+    where = "command line"
+    restore = None
+    if config is not None:
+        base = load_run_file(config)
+        where = f"--config {config} + flags"
+    trial = None
+    if best_of is not None:
+        from aam.distributed.experiment import resolve_trial
+
+        if resume_from is not None:
+            raise AamUserError("--best-of and --resume-from start from different configs; give one of them")
+        trial = resolve_trial(best_of)
+        if not trial.config:
+            raise AamUserError(f"--best-of {best_of}: trial {trial.path.name} has no config.json yet")
+        base = {**base, **trial.config}
+        where = f"--best-of {trial.path} + flags"
+    if resume_from is not None:
+        restore = _load_resume_state(resume_from)
+        base = {**base, **restore["config"]}
+        where = f"--resume-from {resume_from} + flags"
+    cfg = resolve_config(base, overrides or {}, where)
+    if restore is not None and restore["epoch"] >= cfg.epochs:
+        raise AamUserError(
+            f"--resume-from {resume_from}: it already trained {restore['epoch']} of epochs={cfg.epochs}; "
+            "pass a larger --epochs to continue"
+        )
+    if seeds > 1 and restore is not None:
+        raise AamUserError("--seeds starts new runs; it cannot be combined with --resume-from")
+    _check_out(out, force, resume_from)
+    if seeds == 1:
+        results = {cfg.seed: run_training(cfg, out, restore=restore, address=address)}
+        _print_summary(out, results[cfg.seed])
+    else:
+        results = {}
+        for k in range(seeds):
+            seeded = cfg.replace(where, seed=cfg.seed + k)
+            results[seeded.seed] = run_training(seeded, out / f"seed_{seeded.seed}", address=address)
+            _print_summary(out / f"seed_{seeded.seed}", results[seeded.seed])
+    if trial is not None or seeds > 1:
+        _write_comparison(out, results, trial)
+
+
+def _load_resume_state(run_dir: Path) -> dict:
+    from aam.training.checkpoint import STATE_FILE
+    from aam.training.loop import resume_state
+
+    if not (run_dir / STATE_FILE).is_file():
+        raise AamUserError(f"--resume-from {run_dir}: no {STATE_FILE} there; pass a run folder written by `aam train`")
+    return resume_state(run_dir)
+
+
+def _check_out(out: Path, force: bool, resume_from: Optional[Path]) -> None:
+    if out.exists() and not out.is_dir():
+        raise AamUserError(f"--out {out}: exists and is not a folder")
+    same_as_resume = resume_from is not None and out.resolve() == resume_from.resolve()
+    if out.is_dir() and any(out.iterdir()) and not (force or same_as_resume):
+        raise AamUserError(f"--out {out}: folder is not empty; choose a new folder or pass --force")
+    if force and out.is_dir() and not same_as_resume:
+        shutil.rmtree(out)
+
+
+def _print_summary(out: Path, metrics: dict) -> None:
+    keys = [k for k in ("best_epoch", "val_mae", "val_r2", "test_mae", "test_rmse", "test_r2", "test_loss") if k in metrics]
+    shown = "  ".join(f"{k} {metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}" for k in keys)
+    print(f"done: {shown}")
+    print(f"run folder: {out}")
+
+
+def _write_comparison(out: Path, results: dict, trial) -> None:
+    """summary.json: each seed's scores, their mean and spread, and the search trial's own score."""
+    import json
+    import statistics
+
+    keys = sorted({k for m in results.values() for k in m if k.startswith(("val_", "test_"))
+                   and isinstance(m[k], (int, float))})
+    summary: dict = {"seeds": {str(s): {k: m.get(k) for k in keys} for s, m in results.items()}}
+    summary["mean"] = {k: statistics.fmean(m[k] for m in results.values() if k in m) for k in keys}
+    if len(results) > 1:
+        summary["stdev"] = {k: statistics.stdev([m[k] for m in results.values() if k in m]) for k in keys}
+    if trial is not None:
+        from aam.distributed.experiment import read_experiment
+
+        metric = read_experiment(trial.path.parent).metric
+        summary["trial"] = {"path": str(trial.path), "metric": metric, "score": trial.best, "epoch": trial.best_epoch}
+        retrained = [m.get(f"best_val_score") if metric == "val_mae" else m.get(metric) for m in results.values()]
+        retrained = [r for r in retrained if r is not None]
+        if retrained:
+            mean = statistics.fmean(retrained)
+            summary["trial"]["retrained"] = mean
+            print(f"{metric}: search trial {trial.best:.4g} (epoch {trial.best_epoch}), retrained {mean:.4g}")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    for key in ("test_mae", "test_r2"):
+        if key in summary["mean"]:
+            spread = f" ± {summary['stdev'][key]:.3g}" if "stdev" in summary else ""
+            print(f"{key}: {summary['mean'][key]:.4g}{spread} over {len(results)} seed(s)")

@@ -1,0 +1,52 @@
+"""`aam tune`: a Ray Tune + Optuna search described by a YAML file under search_spaces/."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from aam.cli._app import app
+from aam.errors import AamUserError
+
+
+@app.command()
+def tune(
+    space: Annotated[Optional[Path], typer.Argument(help="Search-space YAML (see search_spaces/README.md).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset folder; overrides the file's data:.")] = None,
+    storage_path: Annotated[Optional[str], typer.Option("--storage-path", help="Where experiments go (folder or URI); overrides the file.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Experiment name (default: from the file).")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster (default: RAY_ADDRESS, else an embedded local Ray).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted search: STORAGE/NAME.")] = None,
+):
+    """Search the run config space of SPACE; leaves the experiment in STORAGE/NAME."""
+    from aam.distributed.cluster import set_ray_env
+
+    set_ray_env()  # before Ray is imported: workers inherit it
+    from aam.distributed.experiment import read_experiment
+    from aam.distributed.space import load_space
+    from aam.distributed.tune import load_experiment_space, run_search
+
+    if resume is not None:
+        if space is not None:
+            raise AamUserError("--resume continues the search an experiment was started with; give no SPACE file")
+        if not resume.is_dir():
+            raise AamUserError(f"--resume {resume}: no such experiment folder")
+        loaded = load_experiment_space(resume.resolve())
+        loaded.storage_path, loaded.name = str(resume.resolve().parent), resume.resolve().name
+        experiment = run_search(loaded, address=address, resume=True)
+    else:
+        if space is None:
+            raise AamUserError("give a search-space file, e.g. `aam tune search_spaces/demo.yaml`, or --resume STORAGE/NAME")
+        if not space.is_file():
+            raise AamUserError(f"{space}: no such search-space file")
+        loaded = load_space(space, data_override=data, storage_override=storage_path, name_override=name)
+        experiment = run_search(loaded, address=address)
+    if isinstance(experiment, Path):
+        from aam.cli.runs import print_leaderboard
+
+        result = read_experiment(experiment)
+        print()
+        print_leaderboard(result, "table")
+        best = result.best()
+        print(f"\nbest trial: {best.path}  ({result.metric} {best.best:.4g} at epoch {best.best_epoch})")
+    print(f"experiment: {experiment}")

@@ -1,0 +1,67 @@
+"""Starting or joining Ray.
+
+With no address every command starts an embedded local Ray (dashboard on 127.0.0.1 only);
+with `--address` or `RAY_ADDRESS` it joins an existing cluster. The dashboard stays on even
+locally: Ray Train's placement-group cleanup needs its State API (RAY_NOTES §0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+# Defaults a user can still override in their environment. Workers inherit them.
+RAY_ENV_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S": "300",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+
+def set_ray_env() -> None:
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+@contextlib.contextmanager
+def ray_runtime(address: str | None = None, cpus_needed: float = 0.0, quiet: bool = False):
+    """Yield a connected Ray; shut it down afterwards only if this call started it."""
+    set_ray_env()
+    import ray
+
+    if ray.is_initialized():  # tests and the in-process tune trial share one runtime
+        yield ray
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
+        started = False
+    else:
+        cpus = os.cpu_count() or 1
+        # Logical CPUs may exceed physical ones: a 2-worker run on a 2-core laptop must start.
+        num_cpus = max(cpus, int(-(-cpus_needed // 1)))
+        context = ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            logging_level="WARNING",
+            # Ray Train and Ray Data log every report and dataset execution at INFO in every worker
+            logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"),
+            log_to_driver=True,
+        )
+        started = True
+        url = getattr(context, "dashboard_url", None)
+        if url and not quiet:
+            print(f"Ray dashboard: http://{url}", file=sys.stderr, flush=True)
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,167 @@
+"""Reading an experiment folder without Ray running: trials, their configs, scores and checkpoints.
+
+Sources, all plain files Tune and the trials leave behind:
+- `experiment_state-*.json` (Tune): each trial's status and last result;
+- `trial_*/result.json` (Tune, one JSON line per epoch): the metric history;
+- `trial_*/config.json` (the trial): its resolved run config;
+- `trial_*/checkpoint_*/model.pt` (the loop): the trial's best model so far.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from aam.errors import AamUserError
+
+SPACE_FILE = "aam-space.yaml"
+
+
+@dataclass
+class Trial:
+    trial_id: str
+    path: Path
+    status: str  # finished | stopped early | running | pending | failed
+    config: dict
+    history: list[dict] = field(default_factory=list)
+    best: float = math.nan  # the objective at the trial's best epoch
+    best_epoch: int = 0
+    epochs_done: int = 0
+
+    def checkpoint(self) -> Path | None:
+        """The newest kept checkpoint: its model.pt holds the trial's best weights so far."""
+        folders = sorted(self.path.glob("checkpoint_*"))
+        folders = [f for f in folders if (f / "model.pt").is_file()]
+        return folders[-1] if folders else None
+
+
+@dataclass
+class Experiment:
+    path: Path
+    metric: str
+    mode: str
+    searched: list[str]
+    trials: list[Trial]
+
+    def ranked(self) -> list[Trial]:
+        scored = [t for t in self.trials if not math.isnan(t.best)]
+        scored.sort(key=lambda t: t.best, reverse=self.mode == "max")
+        return scored + [t for t in self.trials if math.isnan(t.best)]
+
+    def best(self) -> Trial:
+        ranked = [t for t in self.ranked() if not math.isnan(t.best) and t.checkpoint() is not None]
+        if not ranked:
+            raise AamUserError(f"{self.path}: no trial has reported {self.metric} with a checkpoint yet")
+        return ranked[0]
+
+    def trial(self, name: str) -> Trial:
+        for t in self.trials:
+            if name in (t.trial_id, t.path.name):
+                return t
+        names = ", ".join(t.path.name for t in self.trials[:5])
+        raise AamUserError(f"{self.path}: no trial '{name}'; trials here include {names}")
+
+    def leaderboard(self) -> pd.DataFrame:
+        rows = []
+        for rank, t in enumerate(self.ranked(), start=1):
+            last = t.history[-1] if t.history else {}
+            row = {"rank": rank, "trial": t.path.name, "status": t.status, "epochs": t.epochs_done,
+                   f"best_{self.metric}": t.best, "best_epoch": t.best_epoch}
+            for key in ("val_mae", "val_r2", "test_mae", "test_r2"):
+                if key in last and key != self.metric:
+                    row[key] = last[key]
+            for key in self.searched:
+                row[key] = t.config.get(key)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def read_experiment(path: str | Path) -> Experiment:
+    import yaml
+
+    path = Path(path)
+    space_file = path / SPACE_FILE
+    if not space_file.is_file():
+        raise AamUserError(f"{path}: not an aam experiment folder (no {SPACE_FILE}); pass STORAGE/NAME from `aam tune`")
+    space = yaml.safe_load(space_file.read_text())
+    metric, mode = space["objective"]["metric"], space["objective"]["mode"]
+    states = _trial_states(path)
+    trials = []
+    for trial_dir in sorted(p for p in path.glob("trial_*") if p.is_dir()):
+        trial_id = trial_dir.name.removeprefix("trial_")
+        history = _history(trial_dir / "result.json")
+        config = _config(trial_dir)
+        status = _status(states.get(trial_id), history, config, space)
+        trial = Trial(trial_id, trial_dir, status, config, history, epochs_done=len(history))
+        scores = [(h[metric], h.get("training_iteration", i + 1)) for i, h in enumerate(history) if metric in h]
+        if scores:
+            pick = min if mode == "min" else max
+            trial.best, trial.best_epoch = pick(scores, key=lambda s: s[0])
+        trials.append(trial)
+    # trials Tune knows of that have not written a folder yet
+    for trial_id, state in states.items():
+        if not any(t.trial_id == trial_id for t in trials):
+            trials.append(Trial(trial_id, path / f"trial_{trial_id}", _status(state, [], {}, space), {}))
+    return Experiment(path, metric, mode, list(space.get("search", {})), trials)
+
+
+def resolve_trial(spec: str | Path) -> Trial:
+    """`EXPERIMENT` (its best trial) or `EXPERIMENT/TRIAL`."""
+    spec = Path(spec)
+    if (spec / SPACE_FILE).is_file():
+        return read_experiment(spec).best()
+    if (spec.parent / SPACE_FILE).is_file():
+        return read_experiment(spec.parent).trial(spec.name)
+    raise AamUserError(f"{spec}: neither an experiment folder (STORAGE/NAME) nor a trial in one (STORAGE/NAME/TRIAL)")
+
+
+def _trial_states(path: Path) -> dict[str, dict]:
+    files = sorted(path.glob("experiment_state-*.json"))
+    if not files:
+        return {}
+    data = json.loads(files[-1].read_text())
+    out = {}
+    for trial_json, runtime_json in data.get("trial_data", []):
+        trial = json.loads(trial_json)
+        runtime = json.loads(runtime_json)
+        out[trial["trial_id"]] = {"status": trial.get("status"), "last_result": runtime.get("last_result") or {}}
+    return out
+
+
+def _history(result_file: Path) -> list[dict]:
+    if not result_file.is_file():
+        return []
+    rows = []
+    for line in result_file.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a killed driver
+                continue
+    return rows
+
+
+def _config(trial_dir: Path) -> dict:
+    for name in ("config.json", "params.json"):
+        file = trial_dir / name
+        if file.is_file():
+            return json.loads(file.read_text())
+    return {}
+
+
+def _status(state: dict | None, history: list[dict], config: dict, space: dict) -> str:
+    tune_status = (state or {}).get("status")
+    if tune_status == "ERROR":
+        return "failed"
+    if tune_status in ("RUNNING", "PENDING", "PAUSED"):
+        return tune_status.lower()
+    epochs = config.get("epochs") or space.get("fixed", {}).get("epochs")
+    done = len(history)
+    if tune_status == "TERMINATED" or (state is None and done):
+        return "finished" if epochs is None or done >= int(epochs) else "stopped early"
+    return "pending" if not done else "running"

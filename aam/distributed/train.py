@@ -1,0 +1,180 @@
+"""`aam train` on Ray Train: a thin driver around one `TorchTrainer`.
+
+Each worker runs `aam.training.loop.fit` unchanged with a `RayTrainSession`: its shard of the
+training split comes from Ray Data (`get_dataset_shard`), gradients are averaged by DDP, and
+rank 0 evaluates and checkpoints. The UniFrac loss all-gathers sample embeddings (with their
+gradients) across workers, so every pair of the global batch counts, as on one worker.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from aam.config import RunConfig
+from aam.distributed.cluster import ray_runtime
+from aam.errors import AamUserError
+from aam.training.loop import Session, StaticData, fit, resume_state
+from aam.training.prepare import load_static
+
+RAY_STORAGE = "ray"  # inside the run folder: Ray Train's own checkpoints
+
+
+class RayTrainSession(Session):
+    """The session of one Ray Train worker."""
+
+    def __init__(self, cfg: RunConfig, n_train: int, restore: dict | None):
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.cfg = cfg
+        self.seed = cfg.seed
+        self.n_train = n_train
+        self._restore = restore
+        self.shard = ray.train.get_dataset_shard("train")
+
+    @property
+    def device(self) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model):
+        import ray.train.torch
+
+        if self.world_size == 1:
+            return model
+        # heads whose task is off are not built; only a target head with target_weight 0 idles
+        idle = model.head is not None and self.cfg.target_weight == 0
+        return ray.train.torch.prepare_model(
+            model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": idle}
+        )
+
+    def shard_size(self) -> int:
+        return self.n_train // self.world_size  # the shards are equal (DataConfig default)
+
+    def train_batches(self, epoch: int, batch_size: int):
+        for rows in self.shard.iter_batches(
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            local_shuffle_buffer_size=max(self.shard_size(), batch_size),
+            local_shuffle_seed=self.seed * 1000 + epoch * 10 + self.rank,
+        ):
+            yield rows
+
+    def restore_state(self) -> dict | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()  # a restarted worker group resumes from its own
+        if checkpoint is None:
+            return self._restore
+        with checkpoint.as_directory() as folder:
+            return resume_state(Path(folder))
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def all_gather_embeddings(self, embeddings, rows, pad_to: int):
+        if self.world_size == 1:
+            return None
+        import torch.distributed.nn.functional as dist_fn
+
+        n = embeddings.shape[0]
+        # all_gather wants equal shapes: pad to the configured batch size, padding rows are -1
+        padded = torch.zeros(pad_to, embeddings.shape[1], dtype=embeddings.dtype, device=embeddings.device)
+        padded = torch.cat([embeddings, padded[n:]], dim=0)
+        padded_rows = torch.full((pad_to,), -1, dtype=rows.dtype, device=rows.device)
+        padded_rows[:n] = rows
+        with warnings.catch_warnings():  # its replacement has no autograd support yet
+            warnings.simplefilter("ignore", FutureWarning)
+            all_embeddings = torch.cat(dist_fn.all_gather(padded), dim=0)
+            all_rows = torch.cat(dist_fn.all_gather(padded_rows), dim=0)
+        return all_embeddings, all_rows
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """What each Ray Train worker runs."""
+    import ray
+
+    cfg = RunConfig.from_dict(config["run"])
+    static: StaticData = ray.get(config["static"])
+    restore = ray.get(config["restore"]) if config["restore"] is not None else None
+    session = RayTrainSession(cfg, static.n_train, restore)
+    fit(cfg, static, session)
+
+
+def train(cfg: RunConfig, run_dir: Path, restore: dict | None = None, address: str | None = None) -> dict:
+    """Train `cfg` with `cfg.workers` Ray Train workers; leave the run's files in `run_dir`."""
+    static, _ = load_static(cfg)
+    _check_workers(cfg, static)
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with ray_runtime(address, cpus_needed=cfg.workers * cfg.cpus_per_worker) as ray:
+        import ray.data
+        import ray.train
+        from ray.train.torch import TorchTrainer
+
+        # Materialised up front: Ray Train reserves the workers' CPUs, and on a small machine a
+        # streaming read would then wait forever for a CPU (RAY_NOTES §2.3).
+        samples = str(Path(static.dataset_path).resolve() / "samples.parquet")
+        from ray.data.expressions import col
+
+        splits = ["train", "val"] if cfg.train_on_val else ["train"]
+        train_ds = ray.data.read_parquet(samples).filter(expr=col("split").is_in(splits)).materialize()
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "run": cfg.to_dict(),
+                "static": ray.put(static),
+                "restore": ray.put(restore) if restore is not None else None,
+            },
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=cfg.workers,
+                use_gpu=cfg.gpus_per_worker > 0,
+                resources_per_worker={"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker},
+            ),
+            datasets={"train": train_ds},
+            run_config=ray.train.RunConfig(
+                name="train",
+                storage_path=str(run_dir / RAY_STORAGE),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        with result.checkpoint.as_directory() as folder:
+            _copy_tree(Path(folder), run_dir)
+    return result.metrics or {}
+
+
+def _check_workers(cfg: RunConfig, static: StaticData) -> None:
+    per_worker = static.n_train // cfg.workers
+    if per_worker < 1:
+        raise AamUserError(
+            f"workers={cfg.workers}: the train split has only {static.n_train} samples; use fewer workers"
+        )
+    if cfg.pretrained_encoder:  # fail here, not inside a worker
+        from aam.models import AAM
+        from aam.training.checkpoint import load_encoder_weights
+
+        load_encoder_weights(AAM(cfg, len(static.targets), static.token_width), cfg.pretrained_encoder)
+
+
+def _copy_tree(source: Path, dest: Path) -> None:
+    for path in source.iterdir():
+        target = dest / path.name
+        if path.is_dir():
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(path, target)
+        else:
+            shutil.copy2(path, target)

@@ -1,0 +1,242 @@
+"""`aam tune`: a Ray Tune + Optuna search over a YAML search space.
+
+Each trial is a Tune *function* trial running `aam.training.loop.fit`:
+- one CPU worker: the loop runs inside the trial itself (`TuneSession`). On 2 cores this is
+  5-20x cheaper than nesting a TorchTrainer (RAY_NOTES §0), and actors are reused.
+- several workers or GPU workers: the trial builds a `TorchTrainer` (Ray Train V2 pattern),
+  its run named from the trial id so a restarted trial resumes, its metrics forwarded to Tune.
+Both paths report every epoch with a checkpoint, so ASHA can stop any trial early and a
+resumed search restarts unfinished trials from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import yaml
+from ray.tune import Callback
+
+from aam.config import RunConfig
+from aam.distributed.cluster import ray_runtime
+from aam.distributed.space import SearchSpace
+from aam.errors import AamUserError
+from aam.training.loop import Session, StaticData, fit, resume_state
+from aam.training.prepare import load_static, refit_transform
+
+SPACE_FILE = "aam-space.yaml"  # the resolved space, beside Tune's own files
+
+
+class TuneSession(Session):
+    """The loop inside a Tune trial: reports and checkpoints go to Tune."""
+
+    def restore_state(self) -> dict | None:
+        import ray.tune
+
+        checkpoint = ray.tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            return resume_state(Path(folder))
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray.tune
+
+        checkpoint = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.tune.report(metrics, checkpoint=checkpoint)
+
+
+def runs_in_trial(cfg: RunConfig) -> bool:
+    """One CPU worker: run the loop in the trial process instead of nesting a TorchTrainer."""
+    return cfg.workers == 1 and cfg.gpus_per_worker == 0
+
+
+def tune_trial(config: dict, static: StaticData, train_rows: pa.Table, space_dict: dict) -> None:
+    """What every trial runs (in a Tune actor)."""
+    import ray
+    import ray.tune
+
+    cfg = RunConfig.from_dict(config, where=f"trial {ray.tune.get_context().get_trial_id()}")
+    trial_dir = Path(ray.tune.get_context().get_trial_dir())
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(trial_dir / "config.json")
+    # where the trial ran: on a cluster, which node to look at (and the two-node test's evidence)
+    (trial_dir / "node.txt").write_text(ray.get_runtime_context().get_node_id() + "\n")
+    static = refit_transform(cfg, static, train_rows)  # target_transform may be a searched key
+    if runs_in_trial(cfg):
+        fit(cfg, static, TuneSession(train_rows, cfg.seed, verbose=False))
+    else:
+        _fit_nested(cfg, static, train_rows, space_dict)
+
+
+def _fit_nested(cfg: RunConfig, static: StaticData, train_rows: pa.Table, space_dict: dict) -> None:
+    import ray
+    import ray.data
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from aam.distributed.train import train_loop_per_worker
+
+    context = ray.tune.get_context()
+    objective = space_dict["objective"]
+    TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": cfg.to_dict(), "static": ray.put(static), "restore": None},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers,
+            use_gpu=cfg.gpus_per_worker > 0,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker},
+        ),
+        datasets={"train": ray.data.from_arrow(train_rows)},
+        run_config=ray.train.RunConfig(
+            # named from the trial id: a restarted trial finds and resumes its own run
+            name=f"{context.get_experiment_name()}-{context.get_trial_id()}",
+            storage_path=str(Path(space_dict["storage_path"]) / "_train_runs")
+            if "://" not in space_dict["storage_path"]
+            else space_dict["storage_path"].rstrip("/") + "/_train_runs",
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=space_dict["tune"]["keep_checkpoints"],
+                checkpoint_score_attribute=objective["metric"],
+                checkpoint_score_order=objective["mode"],
+            ),
+        ),
+    ).fit()
+
+
+class ProgressPrinter(Callback):
+    """One line per event: a trial's epoch, its end (finished / stopped early / failed), the best so far."""
+
+    def __init__(self, metric: str, mode: str, epochs: int):
+        self.metric, self.mode, self.epochs = metric, mode, epochs
+        self.best: tuple[float, str] | None = None
+        self.started = time.monotonic()
+        self.counts = {"finished": 0, "stopped early": 0, "failed": 0}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        running = sum(t.status == "RUNNING" for t in trials)
+        self.say(f"{trial.trial_id} started ({running} running)")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if value is None:
+            return
+        better = self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0])
+        if better:
+            self.best = (value, trial.trial_id)
+        self.say(
+            f"{trial.trial_id} epoch {result.get('training_iteration')}: {self.metric} {value:.4g}"
+            f"  (best {self.best[0]:.4g} by {self.best[1]})"
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        done = (trial.last_result or {}).get("training_iteration", 0)
+        total = int(trial.config.get("epochs", self.epochs))
+        kind = "finished" if done >= total else "stopped early"
+        self.counts[kind] += 1
+        self.say(f"{trial.trial_id} {kind} after {done}/{total} epochs" + self.tally())
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.counts["failed"] += 1
+        self.say(f"{trial.trial_id} FAILED: see {trial.local_path}/error.txt" + self.tally())
+
+    def tally(self) -> str:
+        return "  [" + ", ".join(f"{v} {k}" for k, v in self.counts.items() if v) + "]"
+
+    def say(self, line: str) -> None:
+        print(f"[{time.monotonic() - self.started:7.1f}s] {line}", file=sys.stdout, flush=True)
+
+
+def _trainable(space: SearchSpace, probe: RunConfig, static: StaticData, train_rows: pa.Table):
+    import ray.tune
+
+    if runs_in_trial(probe):
+        request = {"cpu": probe.cpus_per_worker}
+    else:
+        request = {"cpu": 0.01}  # the trial only waits on its TorchTrainer, whose workers hold the CPUs
+    trainable = ray.tune.with_parameters(tune_trial, static=static, train_rows=train_rows, space_dict=space.to_dict())
+    return ray.tune.with_resources(trainable, request)
+
+
+def _cpus_needed(space: SearchSpace, probe: RunConfig) -> float:
+    concurrent = space.max_concurrent_trials or 1
+    if runs_in_trial(probe):
+        return concurrent * probe.cpus_per_worker
+    return concurrent * (probe.workers * probe.cpus_per_worker + 0.01) + 1
+
+
+def run_search(space: SearchSpace, address: str | None = None, resume: bool = False) -> Path | str:
+    """Run (or resume) the search; returns the experiment folder."""
+    if space.data is None:
+        raise AamUserError(f"{space.source}: no dataset; pass --data DATASET_DIR or set data: in the file")
+    # fixed values and resources: what every trial shares (searched keys keep their defaults here)
+    probe = RunConfig.from_dict(space.constants(), where=space.source)
+    static, train_rows = load_static(probe)
+    experiment = _experiment_path(space)
+    with ray_runtime(address, cpus_needed=_cpus_needed(space, probe)) as ray:
+        trainable = _trainable(space, probe, static, train_rows)
+        if resume:
+            print(f"resuming {experiment}", flush=True)
+            tuner = ray.tune.Tuner.restore(
+                str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
+            )
+        else:
+            _write_space(space, experiment)
+            tuner = ray.tune.Tuner(
+                trainable,
+                tune_config=space.make_tune_config(
+                    reuse_actors=runs_in_trial(probe),
+                    trial_name_creator=_trial_name,
+                    trial_dirname_creator=_trial_name,
+                ),
+                run_config=ray.tune.RunConfig(
+                    name=space.name,
+                    storage_path=space.storage_path,
+                    verbose=0,
+                    callbacks=[ProgressPrinter(space.metric, space.mode, probe.epochs)],
+                    checkpoint_config=ray.tune.CheckpointConfig(
+                        num_to_keep=space.keep_checkpoints,
+                        checkpoint_score_attribute=space.metric,
+                        checkpoint_score_order=space.mode,
+                    ),
+                ),
+            )
+        tuner.fit()
+    return experiment
+
+
+def _trial_name(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _experiment_path(space: SearchSpace) -> Path | str:
+    if "://" in space.storage_path:
+        return f"{space.storage_path.rstrip('/')}/{space.name}"
+    return Path(space.storage_path) / space.name
+
+
+def _write_space(space: SearchSpace, experiment) -> None:
+    text = yaml.safe_dump(space.to_dict(), sort_keys=False)
+    if isinstance(experiment, Path):
+        experiment.mkdir(parents=True, exist_ok=True)
+        (experiment / SPACE_FILE).write_text(text)
+    else:
+        import pyarrow.fs
+
+        fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(f"{root}/{SPACE_FILE}") as out:
+            out.write(text.encode())
+
+
+def load_experiment_space(experiment: Path) -> SearchSpace:
+    """The space an experiment was started with (for --resume and reading results)."""
+    file = Path(experiment) / SPACE_FILE
+    if not file.is_file():
+        raise AamUserError(f"{experiment}: not an aam experiment folder (no {SPACE_FILE}); pass STORAGE/NAME")
+    raw = yaml.safe_load(file.read_text())
+    return SearchSpace.from_dict(raw, where=str(file), stem=raw.get("name") or Path(experiment).name)

@@ -1,0 +1,5 @@
+"""The AAM model (pure PyTorch): see `aam.models.model` for the whole architecture in one file."""
+
+from aam.models.model import AAM
+
+__all__ = ["AAM"]

@@ -1,0 +1,429 @@
+"""The AAM model in one file: nucleotides -> ASV vectors -> sample vector -> heads.
+
+Read it top to bottom:
+
+    Block            pre-norm transformer layer (fused SDPA attention with a key padding mask)
+    AttentionPool    learned-query pooling that never attends to padding
+    mask_tokens      BERT-style masking of real nucleotides (seeded)
+    ASVEncoder       nucleotide tokens [U, L] -> one vector per distinct ASV [U, D]
+    CountEmbedding   log1p(count) into the ASV slots: add | concat | film
+    SampleEncoder    ASV vectors scattered to slots [B, S, D] -> sample vector [B, D]
+    AAM              the composition, the heads, and the pretrain -> fine-tune helpers
+
+The batch is made by `aam.data.collate.collate`:
+
+    tokens       Long  [U, L]  tokens of the DISTINCT ASVs of the batch (PAD=0 at the end)
+    asv_index    Long  [B, S]  row of `tokens` for each ASV slot of each sample (0 at padding)
+    asv_mask     Bool  [B, S]  True for a real ASV slot
+    counts       Float [B, S]  raw counts (0 at padding)
+    targets      Float [B, T]  transformed targets, NaN where missing (read by the losses)
+    unifrac_row  Long  [B]     row in the UniFrac matrix, -1 when unknown (read by the losses)
+
+Speed: each distinct ASV is encoded once and its vector gathered into every sample that has it;
+nothing is padded beyond the batch's own longest ASV and sample; attention uses the fused
+`scaled_dot_product_attention` kernel (so there is no dropout on attention weights: on CPU it
+forces the slow unfused path, ~4x slower; dropout acts on the residual branches of the sample
+transformer, on the pooled ASV vectors and in the head instead, see ASVEncoder for why not in
+the nucleotide transformer).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aam.config import RunConfig
+from aam.data.sequences import MASK, PAD, VOCAB_SIZE
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------
+class Block(nn.Module):
+    """Pre-norm transformer layer: x + Attn(LN(x)), then x + FF(LN(x))."""
+
+    def __init__(self, d_model: int, n_heads: int, ff_mult: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(
+            nn.Linear(d_model, ff_mult * d_model),
+            nn.GELU(),
+            nn.Linear(ff_mult * d_model, d_model),
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """x [N, L, D]; attn_mask [N, 1, 1, L] bool, True = may be attended to (None: all real)."""
+        n, length, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(n, length, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        y = y.transpose(1, 2).reshape(n, length, d)
+        x = x + self.drop(self.proj(y))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+def key_padding_mask(mask: torch.Tensor) -> torch.Tensor | None:
+    """[N, L] real-position mask -> the SDPA mask, or None when nothing is padding (fastest kernel).
+
+    A row with no real position at all would make softmax divide by zero (NaN that then spreads
+    through the backward pass), so such a row may attend to its padding; its output is garbage
+    but finite and the pooling below drops it anyway.
+    """
+    if bool(mask.all()):
+        return None
+    safe = mask | ~mask.any(dim=-1, keepdim=True)
+    return safe[:, None, None, :]
+
+
+class Transformer(nn.Module):
+    """A stack of Blocks and a final LayerNorm."""
+
+    def __init__(self, n_layers: int, d_model: int, n_heads: int, ff_mult: int, dropout: float):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, ff_mult, dropout) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        attn_mask = key_padding_mask(mask)
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.ln_f(x)
+
+
+class AttentionPool(nn.Module):
+    """Weighted mean of the real positions; the weights come from a learned query.
+
+    score_i = <query, W_k x_i> / sqrt(D); padding gets -inf so it has exactly zero weight.
+    A row with no real position pools to zeros (not NaN).
+    """
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(d_model))
+        self.key = nn.Linear(d_model, d_model, bias=False)
+        self.value = nn.Linear(d_model, d_model)
+        self.ln = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [N, L, D], mask [N, L] True = real -> [N, D]."""
+        scores = (self.key(x) @ self.query) / math.sqrt(x.shape[-1])
+        scores = scores.float().masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        weights = torch.nan_to_num(weights, nan=0.0).to(x.dtype)  # all-padding rows: 0/0 -> 0
+        return self.ln(torch.einsum("nl,nld->nd", weights, self.value(x)))
+
+
+def uniform(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """U(0, 1) draws on `device`, taken from `generator` on its own device (a CPU generator
+    cannot draw CUDA tensors; the loop keeps one seeded CPU generator whatever the device)."""
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=where).to(device)
+
+
+def mask_tokens(
+    tokens: torch.Tensor, prob: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace a fraction `prob` of the real nucleotides of every row with MASK.
+
+    Each row gets round(prob * its length) masked positions, at least one, chosen uniformly
+    among its real (non-PAD) positions; padding is never masked. Returns (masked tokens,
+    bool [U, L] of the masked positions). Drawn from torch's RNG (or `generator`), so seeded.
+    """
+    real = tokens != PAD
+    scores = uniform(tokens.shape, generator, tokens.device)
+    scores = scores.masked_fill(~real, 2.0)  # padding sorts after every real position
+    rank = scores.argsort(dim=1).argsort(dim=1)  # rank of each position among its row
+    n_mask = (real.sum(dim=1) * prob).round().clamp(min=1)
+    chosen = (rank < n_mask[:, None]) & real
+    return tokens.masked_fill(chosen, MASK), chosen
+
+
+# --------------------------------------------------------------------------------------------
+# Encoders
+# --------------------------------------------------------------------------------------------
+class ASVEncoder(nn.Module):
+    """Nucleotide tokens [U, L] -> (ASV vectors [U, D], per-position states [U, ceil(L/p), D]).
+
+    With `nucleotide_patch` p > 1, each run of p nucleotides is one transformer position (the
+    p letter embeddings concatenated, then projected to D), as in a ViT's patches: attention
+    over 176 nucleotides costs ~16x more than over 44 patches, and this encoder is nearly all
+    of a training step. The masked-nucleotide head still predicts every letter (p per patch).
+
+    Dropout acts on the pooled ASV vectors, not inside the nucleotide transformer: there a
+    dropout mask has U x L x D values (~7M a batch) and drawing them cost ~14% of a training
+    step on CPU, while masked nucleotides already corrupt this encoder's input.
+    """
+
+    def __init__(self, cfg: RunConfig, token_width: int):
+        super().__init__()
+        d = cfg.d_model
+        self.patch = cfg.nucleotide_patch
+        self.token_embedding = nn.Embedding(VOCAB_SIZE, d if self.patch == 1 else cfg.d_model // 2)
+        self.patch_projection = (
+            nn.Linear(self.patch * (d // 2), d) if self.patch > 1 else None
+        )
+        self.position_embedding = nn.Embedding(math.ceil(token_width / self.patch), d)  # order matters
+        self.transformer = Transformer(cfg.asv_layers, d, cfg.n_heads, cfg.ff_mult, dropout=0.0)
+        self.pool = AttentionPool(d)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.patch > 1:
+            extra = (-tokens.shape[1]) % self.patch
+            tokens = F.pad(tokens, (0, extra), value=PAD)
+        u, length = tokens.shape
+        x = self.token_embedding(tokens)
+        real = tokens != PAD
+        if self.patch > 1:
+            x = self.patch_projection(x.reshape(u, length // self.patch, -1))
+            real = real.reshape(u, length // self.patch, self.patch).any(dim=-1)
+        positions = torch.arange(x.shape[1], device=tokens.device)
+        states = self.transformer(x + self.position_embedding(positions), real)
+        return self.drop(self.pool(states, real)), states
+
+
+class CountEmbedding(nn.Module):
+    """Put count magnitudes into the ASV slot vectors.
+
+    The features are [log1p(count), hidden]: `hidden` is 1 where the count was masked for the
+    count task (its log1p is then 0), so a hidden count is never mistaken for a small one.
+        add     x + MLP(features)
+        concat  Linear([x, features]) back to D
+        film    x * (1 + gamma(features)) + beta(features), starting as the identity
+    """
+
+    def __init__(self, mode: str, d_model: int):
+        super().__init__()
+        self.mode = mode
+        if mode == "add":
+            self.mlp = nn.Sequential(nn.Linear(2, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+        elif mode == "concat":
+            self.mix = nn.Linear(d_model + 2, d_model)
+        elif mode == "film":
+            self.mlp = nn.Sequential(nn.Linear(2, d_model), nn.GELU(), nn.Linear(d_model, 2 * d_model))
+        else:
+            raise ValueError(f"count_embed={mode!r}: expected add, concat or film")
+
+    def forward(self, x: torch.Tensor, log_counts: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        features = torch.stack([log_counts.masked_fill(hidden, 0.0), hidden.to(log_counts.dtype)], dim=-1)
+        features = features.to(x.dtype)
+        if self.mode == "add":
+            return x + self.mlp(features)
+        if self.mode == "concat":
+            return self.mix(torch.cat([x, features], dim=-1))
+        gamma, beta = self.mlp(features).chunk(2, dim=-1)
+        return x * (1 + gamma) + beta
+
+
+class SampleEncoder(nn.Module):
+    """ASV vectors gathered into slots [B, S, D] (+ counts) -> (sample vector [B, D], slot states).
+
+    No position embedding: a sample is a set of ASVs. The slots are sorted by abundance by the
+    collate, but that order only decides which ASVs are kept under token_limit; the model sees
+    abundance through the count embedding alone.
+    """
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.count_embedding = CountEmbedding(cfg.count_embed, d) if cfg.count_embed != "off" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.transformer = Transformer(cfg.sample_layers, d, cfg.n_heads, cfg.ff_mult, cfg.dropout)
+        self.pool = AttentionPool(d)
+
+    def forward(
+        self, slots: torch.Tensor, mask: torch.Tensor, log_counts: torch.Tensor, hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = slots
+        if self.count_embedding is not None:
+            x = self.count_embedding(x, log_counts, hidden)
+        states = self.transformer(self.drop(x), mask)
+        return self.pool(states, mask), states
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+def _regression_head(cfg: RunConfig, n_targets: int) -> nn.Module:
+    # Sample vectors are means over ~100 ASV vectors that share most of their content, so at
+    # the start two samples differ by ~1% of their norm. BatchNorm rescales those differences
+    # per feature; without it the head needs thousands of steps before its output varies at
+    # all (measured: prediction spread 1e-4 after 60 steps without, 0.6 with).
+    norm = nn.BatchNorm1d(cfg.d_model)
+    if cfg.head == "linear":
+        return nn.Sequential(norm, nn.Dropout(cfg.dropout), nn.Linear(cfg.d_model, n_targets))
+    layers: list[nn.Module] = [norm]
+    width = cfg.d_model
+    for hidden in cfg.head_hidden:
+        layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(cfg.dropout)]
+        width = hidden
+    return nn.Sequential(*layers, nn.Linear(width, n_targets))
+
+
+class AAM(nn.Module):
+    """Attention All Microbes: a batch dict (see the module docstring) -> outputs dict.
+
+    Self-supervised heads are only built when their task is on (mask_prob > 0 and
+    nucleotide_weight > 0; count_head and count_weight > 0): a head that no loss reads would be
+    compute for nothing and, under DistributedDataParallel, a parameter without a gradient.
+    """
+
+    def __init__(self, cfg: RunConfig, n_targets: int, token_width: int):
+        super().__init__()
+        self.cfg = cfg
+        self.n_targets = n_targets
+        self.token_width = token_width
+        d = cfg.d_model
+        self.asv_encoder = ASVEncoder(cfg, token_width)
+        self.sample_encoder = SampleEncoder(cfg)
+        self.head = _regression_head(cfg, n_targets) if n_targets > 0 else None
+        self.masks_nucleotides = cfg.mask_prob > 0 and cfg.nucleotide_weight > 0
+        # one position holds `nucleotide_patch` letters: the head predicts each of them
+        patch = cfg.nucleotide_patch
+        self.nucleotide_head = nn.Linear(d, patch * VOCAB_SIZE) if self.masks_nucleotides else None
+        self.count_head = nn.Linear(d, 1) if cfg.count_head and cfg.count_weight > 0 else None
+        self.encoder_frozen = False
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # small normal init (as GPT-2/nanoGPT): keeps the residual stream near unit scale at start
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        elif isinstance(module, AttentionPool):
+            # near-uniform pooling at start, but not exactly zero: a zero query gives the key
+            # projection a zero gradient
+            nn.init.normal_(module.query, std=0.02)
+        elif isinstance(module, CountEmbedding) and module.mode == "film":
+            # FiLM starts as the identity (gamma = beta = 0) so counts cannot scramble the ASV
+            # vectors before the model has learnt what to do with them
+            nn.init.zeros_(module.mlp[-1].weight)
+            nn.init.zeros_(module.mlp[-1].bias)
+
+    # ---------------------------------------------------------------------------------------
+    def forward(
+        self,
+        batch: dict,
+        mask_nucleotides: bool = False,
+        generator: torch.Generator | None = None,
+        mask_counts: bool | None = None,
+    ) -> dict:
+        """Outputs:
+            sample_embedding   [B, D]
+            prediction         [B, n_targets] on the transformed target scale
+            nucleotide_logits  [M, VOCAB] and nucleotide_labels [M]: masked nucleotides, only
+                               when mask_nucleotides and the nucleotide task is on
+            count_prediction   [B, S] predicted log1p(count) (0 at padding), when count_head
+            count_mask         [B, S] the slots the count loss should score, when count_head
+
+        `mask_counts` (default: follow `mask_nucleotides`, i.e. on while training) hides the
+        count of a fraction mask_prob of the real slots from the count embedding; the count loss
+        is then taken on those slots only, so it cannot be won by copying the input count.
+        When count_embed is off the encoder never sees counts and every real slot is scored.
+        Without hiding (eval, or mask_prob 0) a count embedding makes the count task trivial.
+
+        The masked tokens and hidden counts feed the whole model in that pass (one encoder pass
+        serves every loss), so training-mode predictions see a slightly corrupted input.
+        """
+        tokens, asv_index, asv_mask = batch["tokens"], batch["asv_index"], batch["asv_mask"]
+        out: dict[str, torch.Tensor] = {}
+
+        # with a frozen encoder the self-supervised tasks cannot teach it anything, and masking
+        # would only corrupt the features the regression head is fitted on
+        pretraining = not self.encoder_frozen
+        do_mask = mask_nucleotides and self.masks_nucleotides and pretraining
+        if do_mask:
+            labels = tokens
+            tokens, masked = mask_tokens(tokens, self.cfg.mask_prob, generator)
+
+        log_counts = torch.log1p(batch["counts"].float())
+        hidden = torch.zeros_like(asv_mask)
+        if mask_counts is None:
+            mask_counts = mask_nucleotides
+        hide_counts = (
+            mask_counts and pretraining and self.count_head is not None
+            and self.sample_encoder.count_embedding is not None and self.cfg.mask_prob > 0
+        )
+        if hide_counts:
+            draw = uniform(asv_mask.shape, generator, asv_mask.device)
+            hidden = (draw < self.cfg.mask_prob) & asv_mask
+
+        # a frozen encoder needs no autograd graph: cheaper in time and memory
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
+            asv_vectors, nucleotide_states = self.asv_encoder(tokens)  # each distinct ASV once
+            slots = asv_vectors[asv_index]  # [B, S, D]: scatter to the samples that hold them
+            sample_vec, slot_states = self.sample_encoder(slots, asv_mask, log_counts, hidden)
+
+        out["sample_embedding"] = sample_vec
+        if self.head is not None:
+            out["prediction"] = self.head(sample_vec)
+        else:
+            out["prediction"] = sample_vec.new_zeros(sample_vec.shape[0], 0)
+        if do_mask:
+            u, length = masked.shape
+            letters = self.nucleotide_head(nucleotide_states).reshape(u, -1, VOCAB_SIZE)[:, :length]
+            out["nucleotide_logits"] = letters[masked]
+            out["nucleotide_labels"] = labels[masked]
+        if self.count_head is not None and pretraining:
+            # The count head matters most with count_embed off (then the encoder never saw the
+            # counts); with a count embedding, only hidden slots are scored (see docstring).
+            pred = self.count_head(slot_states).squeeze(-1).masked_fill(~asv_mask, 0.0)
+            out["count_prediction"] = pred
+            out["count_mask"] = hidden if hide_counts else asv_mask
+        return out
+
+    # --- pretrain -> fine-tune ---------------------------------------------------------------
+    def encoder_parameters(self):
+        """Parameters of the ASV and sample encoders (count embedding included)."""
+        yield from self.asv_encoder.parameters()
+        yield from self.sample_encoder.parameters()
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """The encoders' weights, keyed as in `state_dict()` ("asv_encoder.…", "sample_encoder.…")."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(("asv_encoder.", "sample_encoder."))}
+
+    def load_encoder_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load `encoder_state_dict()` of another model with the same encoder settings (strict)."""
+        own = self.encoder_state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        if missing or unexpected or wrong:
+            first = (missing or unexpected or wrong)[0]
+            raise ValueError(
+                f"encoder weights do not fit this model ({len(missing)} missing, {len(unexpected)} "
+                f"unexpected, {len(wrong)} of another shape; first: {first}); use the same d_model, "
+                "layers, ff_mult, count_embed and token width as the pretrained run"
+            )
+        self.load_state_dict(state, strict=False)
+
+    def freeze_encoder(self) -> None:
+        """Fix the encoders: no gradients, dropout off (kept off by `train()`).
+
+        The regression head still trains. The self-supervised heads (nucleotide, count) are
+        frozen too and no longer run: they exist to shape the encoder, which is now fixed.
+        """
+        self.encoder_frozen = True
+        for module in (self.asv_encoder, self.sample_encoder, self.nucleotide_head, self.count_head):
+            if module is not None:
+                for p in module.parameters():
+                    p.requires_grad_(False)
+        self.asv_encoder.eval()
+        self.sample_encoder.eval()
+
+    def train(self, mode: bool = True) -> "AAM":
+        super().train(mode)
+        if self.encoder_frozen:  # nn.Module.train() would switch the encoders' dropout back on
+            self.asv_encoder.eval()
+            self.sample_encoder.eval()
+        return self

@@ -1,0 +1,47 @@
+"""What a run leaves for people: prediction tables, a predicted-vs-actual figure, TensorBoard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def predictions_frame(sample_ids, names, predicted, actual=None, best_epoch=None) -> pd.DataFrame:
+    """One row per sample: `<target>_actual`, `<target>_predicted` on the original scale."""
+    frame = {"sample_id": list(sample_ids)}
+    for t, name in enumerate(names):
+        if actual is not None:
+            frame[f"{name}_actual"] = actual[:, t]
+        frame[f"{name}_predicted"] = predicted[:, t]
+    out = pd.DataFrame(frame)
+    if best_epoch is not None:
+        out["best_epoch"] = best_epoch
+    return out
+
+
+def write_tsv(frame: pd.DataFrame, path: Path) -> None:
+    frame.to_csv(path, sep="\t", index=False, float_format="%.8g", na_rep="NA")
+
+
+def predicted_vs_actual_figure(names, actual, predicted, title: str):
+    """A scatter per target with the identity line; returns a matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
+    for t, (ax, name) in enumerate(zip(axes[0], names)):
+        keep = ~np.isnan(actual[:, t])
+        a, p = actual[keep, t], predicted[keep, t]
+        ax.scatter(a, p, s=10, alpha=0.7)
+        if a.size:
+            lo, hi = float(min(a.min(), p.min())), float(max(a.max(), p.max()))
+            ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+        ax.set_xlabel(f"actual {name}")
+        ax.set_ylabel(f"predicted {name}")
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,360 @@
+"""The one training loop: every entry point (Ray Train workers, an in-process Tune trial, tests)
+runs `fit` unchanged. What differs between them is a `Session`: where this worker's training
+rows come from, how metrics and checkpoints are reported, and what to resume from.
+
+Per epoch: train on this worker's shard -> rank 0 evaluates the whole val split on the
+original target scale -> rank 0 writes a checkpoint folder (best model, resumable state,
+predictions, TensorBoard events) -> every worker reports (a barrier under Ray Train).
+At the end the best epoch's weights predict the test split, which is never used for selection.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from aam.config import RunConfig
+from aam.data.collate import BatchSpec, collate, move_to, raw_targets
+from aam.data.transforms import TargetTransform
+from aam.training import artifacts
+from aam.training.checkpoint import MODEL_FILE, STATE_FILE, load_encoder_weights, model_payload
+from aam.training.losses import total_loss
+from aam.training.metrics import regression_metrics
+from aam.training.optim import make_optimizer, set_peak_lr, warmup_cosine
+
+
+@dataclass
+class StaticData:
+    """What every worker needs besides its shard of training rows (small; shipped once)."""
+
+    tokens: np.ndarray
+    token_width: int
+    targets: list[str]
+    categoricals: dict[str, list[str]]
+    unifrac: np.ndarray | None
+    transform: TargetTransform | None
+    eval_rows: dict[str, pa.Table]  # "val", "test": whole splits, evaluated on rank 0
+    sample_lists: dict[str, list[str]]  # split -> sample ids, written beside the run
+    n_train: int
+    dataset_path: str = ""
+
+
+class Session:
+    """The plain, single-process session: shuffles the training rows itself."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, train_rows: pa.Table, seed: int, restore: dict | None = None, verbose: bool = True):
+        self.train_rows = train_rows
+        self.seed = seed
+        self._restore = restore
+        self.verbose = verbose
+        self.reports: list[dict] = []
+        self.last_checkpoint: Path | None = None
+        self._keep = tempfile.mkdtemp(prefix="aam-ckpt-")
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def shard_size(self) -> int:
+        return self.train_rows.num_rows
+
+    def train_batches(self, epoch: int, batch_size: int) -> Iterator[pa.Table]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.train_rows.num_rows)
+        for start in range(0, len(order), batch_size):
+            yield self.train_rows.take(order[start : start + batch_size])
+
+    def restore_state(self) -> dict | None:
+        return self._restore
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        self.reports.append(metrics)
+        if checkpoint_dir is not None:
+            dest = Path(self._keep) / "latest"
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.copytree(checkpoint_dir, dest)
+            self.last_checkpoint = dest
+
+    def all_gather_embeddings(self, embeddings, rows, pad_to: int):
+        return None
+
+
+@dataclass
+class _Best:
+    epoch: int = -1
+    score: float = math.inf
+    metrics: dict = field(default_factory=dict)
+
+
+def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
+    """Train per `cfg`; returns the final metrics (rank 0; other ranks return {})."""
+    from aam.models import AAM
+
+    torch.manual_seed(cfg.seed)
+    device = session.device
+    model = AAM(cfg, n_targets=len(static.targets), token_width=static.token_width)
+    if cfg.pretrained_encoder:
+        load_encoder_weights(model, cfg.pretrained_encoder)
+        if cfg.freeze_encoder:
+            model.freeze_encoder()
+    model.to(device)
+    core = model
+    model = session.prepare_model(model)
+    optimizer = make_optimizer(core.parameters(), cfg.lr, cfg.weight_decay)
+    steps_per_epoch = max(math.ceil(session.shard_size() / cfg.batch_size), 1)
+    scheduler = warmup_cosine(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_frac)
+    spec = BatchSpec(static.tokens, static.targets, list(static.categoricals), cfg.token_limit, static.transform)
+    # a copy: arrays from Ray's object store are read-only
+    unifrac = torch.tensor(static.unifrac, device=device) if static.unifrac is not None else None
+    masking = torch.Generator().manual_seed(cfg.seed * 7919 + session.rank)
+
+    workdir = Path(tempfile.mkdtemp(prefix="aam-run-"))
+    best, history, start_epoch = _Best(), [], 0
+    state = session.restore_state()
+    if state is not None:
+        start_epoch = _restore(state, core, optimizer, scheduler, masking, cfg, best, history, session.rank)
+        if state.get("workdir_files"):
+            _unpack_files(state["workdir_files"], workdir)
+    writer = _tensorboard(workdir) if session.rank == 0 else None
+    if session.rank == 0:
+        _write_static_files(workdir, cfg, static)
+
+    final: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        model.train()
+        sums: dict[str, float] = {}
+        steps = 0
+        for rows in session.train_batches(epoch, cfg.batch_size):
+            if rows.num_rows < 2:  # a lone last sample: BatchNorm needs two (shards are equal, so all ranks skip)
+                continue
+            batch = move_to(collate(rows, spec), device)
+            outputs = model(batch, mask_nucleotides=True, generator=masking)
+            gathered = None
+            if unifrac is not None and cfg.unifrac_weight > 0:
+                gathered = session.all_gather_embeddings(
+                    outputs["sample_embedding"], batch["unifrac_row"], cfg.batch_size
+                )
+            loss, parts = total_loss(outputs, batch, cfg, unifrac, gathered)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            steps += 1
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            for name, value in parts.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+        metrics = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        metrics.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
+
+        checkpoint_dir = None
+        if session.rank == 0:
+            val = evaluate(core, static.eval_rows["val"], spec, cfg, unifrac, device)
+            metrics.update({f"val_{k}": v for k, v in val.metrics.items()})
+            score = val.metrics["mae"] if static.targets else val.metrics["loss"]
+            # a final fit on train+val has nothing held out to select by: the last epoch is kept
+            if score < best.score or best.epoch < 0 or cfg.train_on_val:
+                best.epoch, best.score = epoch + 1, score
+                torch.save(
+                    model_payload(core, cfg, static.transform, static.targets, static.categoricals,
+                                  static.token_width, metrics, best.epoch),
+                    workdir / MODEL_FILE,
+                )
+                if static.targets:
+                    artifacts.write_tsv(val.frame(static.targets, best.epoch), workdir / "val_predictions.tsv")
+            metrics["best_epoch"] = best.epoch
+            metrics["best_val_score"] = best.score
+            metrics["epoch_seconds"] = time.perf_counter() - started
+            last = epoch + 1 == cfg.epochs
+            if last:
+                metrics.update(_finish(workdir, core, static, spec, cfg, unifrac, device, writer, best))
+            best.metrics = metrics if best.epoch == epoch + 1 else best.metrics
+            history.append(metrics)
+            _log_epoch(writer, metrics, cfg.epochs)
+            (workdir / "metrics.json").write_text(json.dumps({"history": history, "best_epoch": best.epoch}, indent=1))
+            torch.save(
+                {
+                    "epoch": epoch + 1,
+                    "model": core.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "best": {"epoch": best.epoch, "score": best.score, "metrics": best.metrics},
+                    "history": history,
+                    "config": cfg.to_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "masking_rng": masking.get_state(),
+                },
+                workdir / STATE_FILE,
+            )
+            if writer is not None:
+                writer.flush()
+            checkpoint_dir = str(workdir)
+            final = metrics
+        session.report(metrics, checkpoint_dir)
+    if writer is not None:
+        writer.close()
+    return final
+
+
+@dataclass
+class Evaluation:
+    sample_ids: list[str]
+    actual: np.ndarray  # original scale [N, T]
+    predicted: np.ndarray  # original scale [N, T]
+    metrics: dict
+
+    def frame(self, names, best_epoch):
+        return artifacts.predictions_frame(self.sample_ids, names, self.predicted, self.actual, best_epoch)
+
+
+@torch.no_grad()
+def predict_rows(model, rows: pa.Table, spec: BatchSpec, device, batch_size: int = 64):
+    """Predictions on the original scale [N, T] for every row, in row order (nothing dropped)."""
+    model.eval()
+    out = []
+    for start in range(0, rows.num_rows, batch_size):
+        batch = move_to(collate(rows.slice(start, batch_size), spec), device)
+        out.append(model(batch)["prediction"].float().cpu().numpy())
+    predicted = np.concatenate(out) if out else np.zeros((0, len(spec.targets)))
+    return spec.transform.inverse(predicted) if spec.transform is not None else predicted
+
+
+@torch.no_grad()
+def evaluate(model, rows: pa.Table, spec: BatchSpec, cfg: RunConfig, unifrac, device, batch_size: int = 64):
+    """Loss and metrics over a whole split; the last partial batch counts like any other."""
+    model.eval()
+    predicted, loss_sum, n = [], 0.0, 0
+    for start in range(0, rows.num_rows, batch_size):
+        batch = move_to(collate(rows.slice(start, batch_size), spec), device)
+        outputs = model(batch)
+        loss, _ = total_loss(outputs, batch, cfg, unifrac, None)
+        loss_sum += float(loss) * len(batch["sample_ids"])
+        n += len(batch["sample_ids"])
+        if spec.targets:
+            predicted.append(outputs["prediction"].float().cpu().numpy())
+    metrics = {"loss": loss_sum / max(n, 1)}
+    actual = raw_targets(rows, spec.targets)
+    pred = np.concatenate(predicted) if predicted else np.zeros((0, len(spec.targets)))
+    if spec.transform is not None and len(pred):
+        pred = spec.transform.inverse(pred)
+    if spec.targets:
+        metrics.update(regression_metrics(actual, pred, spec.targets))
+    return Evaluation(rows.column("sample_id").to_pylist(), actual, pred, metrics)
+
+
+def _finish(workdir, core, static, spec, cfg, unifrac, device, writer, best) -> dict:
+    """Score the best epoch's weights on the test split; write its predictions and figures."""
+    payload = torch.load(workdir / MODEL_FILE, map_location="cpu", weights_only=False)
+    current = {k: v.clone() for k, v in core.state_dict().items()}
+    core.load_state_dict(payload["state_dict"])
+    test = evaluate(core, static.eval_rows["test"], spec, cfg, unifrac, device)
+    core.load_state_dict(current)
+    out = {f"test_{k}": v for k, v in test.metrics.items()}
+    if static.targets:
+        artifacts.write_tsv(test.frame(static.targets, best.epoch), workdir / "test_predictions.tsv")
+        fig = artifacts.predicted_vs_actual_figure(static.targets, test.actual, test.predicted,
+                                                   f"test, best epoch {best.epoch}")
+        fig.savefig(workdir / "pred_vs_actual.png", dpi=100)
+        if writer is not None:
+            writer.add_figure("test/predicted_vs_actual", fig, global_step=best.epoch)
+    payload["metrics"] = {**payload["metrics"], **out}
+    torch.save(payload, workdir / MODEL_FILE)
+    return out
+
+
+def _restore(state, core, optimizer, scheduler, masking, cfg, best, history, rank) -> int:
+    core.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    saved_lr = state["config"]["lr"]
+    if saved_lr != cfg.lr:
+        set_peak_lr(optimizer, scheduler, cfg.lr)
+        if rank == 0:
+            print(f"resume: peak learning rate {cfg.lr:g} replaces the checkpoint's {saved_lr:g}", flush=True)
+    best.epoch, best.score, best.metrics = state["best"]["epoch"], state["best"]["score"], state["best"]["metrics"]
+    history.extend(state["history"])
+    torch.set_rng_state(state["torch_rng"])
+    if rank == 0:  # other ranks' masking streams differ; rank 0's is the one saved
+        masking.set_state(state["masking_rng"])
+    if rank == 0:
+        print(f"resume: continuing after epoch {state['epoch']} of {cfg.epochs}", flush=True)
+    return int(state["epoch"])
+
+
+RESUMED_FILES = (MODEL_FILE, "val_predictions.tsv", "metrics.json", "tb")
+
+
+def pack_files(folder: Path) -> dict[str, bytes]:
+    """The files of a run folder that resuming carries on with (best model, predictions, TensorBoard)."""
+    folder = Path(folder)
+    files = {}
+    for name in RESUMED_FILES:
+        path = folder / name
+        for p in [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []:
+            if p.is_file():
+                files[str(p.relative_to(folder))] = p.read_bytes()
+    return files
+
+
+def resume_state(folder: Path) -> dict:
+    """What `fit` needs to continue a run from its checkpoint or run folder."""
+    state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+    state["workdir_files"] = pack_files(Path(folder))
+    return state
+
+
+def _unpack_files(files: dict[str, bytes], folder: Path) -> None:
+    for rel, data in files.items():
+        target = folder / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+def _write_static_files(workdir: Path, cfg: RunConfig, static: StaticData) -> None:
+    cfg.save(workdir / "config.json")
+    samples = workdir / "samples"
+    samples.mkdir(exist_ok=True)
+    for split, ids in static.sample_lists.items():
+        (samples / f"{split}.txt").write_text("".join(f"{s}\n" for s in ids))
+
+
+def _tensorboard(workdir: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(workdir / "tb"))
+
+
+def _log_epoch(writer, metrics: dict, epochs: int) -> None:
+    step = metrics["epoch"]
+    if writer is not None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and key != "epoch" and math.isfinite(value):
+                writer.add_scalar(key.replace("_", "/", 1), value, step)
+    shown = [f"epoch {step:>3}/{epochs}", f"loss {metrics.get('train_loss', float('nan')):.4f}"]
+    for key in ("val_mae", "val_r2", "val_loss"):
+        if key in metrics:
+            shown.append(f"{key} {metrics[key]:.4g}")
+    shown.append(f"best {metrics['best_epoch']}")
+    shown.append(f"{metrics['epoch_seconds']:.1f}s")
+    if "test_mae" in metrics:
+        shown.append(f"test_mae {metrics['test_mae']:.4g} test_r2 {metrics.get('test_r2', float('nan')):.3g}")
+    print("  ".join(shown), file=sys.stdout, flush=True)

@@ -1,0 +1,82 @@
+"""The `aam train` / `aam predict` command lines: flags, one-line errors, nothing half-written."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from aam.examples import path
+
+TINY = ["--d-model", "16", "--n-heads", "2", "--asv-layers", "1", "--sample-layers", "1", "--token-limit", "48",
+        "--epochs", "1"]
+
+
+def aam(*args, env_extra=None):
+    import os
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env_extra or {})}
+    executable = Path(sys.executable).parent / "aam"  # the installed console script, as a user runs it
+    return subprocess.run([str(executable), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "abc"], "Invalid value for '--lr'"),
+        (["--count-embed", "banana"], "count_embed='banana' is not one of off, add, concat, film"),
+        (["--d-model", "30"], "d_model=30 is not divisible by n_heads=4"),
+        (["--targets", "Age"], "'Age' is not a target"),
+        (["--freeze-encoder"], "freeze_encoder=true needs pretrained_encoder"),
+    ],
+)
+def test_bad_flags_are_one_line_errors_before_ray_starts(example_dataset, tmp_path, args, message):
+    result = aam("train", "--data", example_dataset, "--out", tmp_path / "run", *args)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert any(message in line for line in lines), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_file_with_an_unknown_key_names_the_file_and_key(example_dataset, tmp_path):
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text("lr: 0.001\nlearning_rate: 0.01\n")
+    result = aam("train", "--data", example_dataset, "--out", tmp_path / "run", "--config", run_yaml)
+    assert result.returncode == 2
+    assert "unknown key 'learning_rate'" in result.stderr and str(run_yaml) in result.stderr
+
+
+def test_a_non_empty_out_folder_is_refused_without_force(example_dataset, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("mine")
+    result = aam("train", "--data", example_dataset, "--out", tmp_path / "run")
+    assert result.returncode == 2 and "--force" in result.stderr
+    assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
+
+
+def test_predict_with_a_folder_that_is_no_model_is_a_user_error(tmp_path):
+    result = aam("predict", "--model", tmp_path, "--table", path("mouse_age_mini") / "feature-table.biom",
+                 "--out", tmp_path / "p.tsv")
+    assert result.returncode == 2 and "no model.pt there" in result.stderr
+    assert not (tmp_path / "p.tsv").exists()
+
+
+@pytest.mark.slow
+def test_train_then_predict_from_the_command_line(example_dataset, tmp_path):
+    """One real `aam train` (its own embedded Ray, one worker) and `aam predict` on the same table."""
+    run = tmp_path / "run"
+    trained = aam("train", "--data", example_dataset, "--out", run, *TINY)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "run folder:" in trained.stdout
+    predictions = tmp_path / "predictions.tsv"
+    predicted = aam("predict", "--model", run, "--table", path("mouse_age_mini") / "feature-table.biom",
+                    "--out", predictions)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    new = pd.read_csv(predictions, sep="\t")
+    test = pd.read_csv(run / "test_predictions.tsv", sep="\t")
+    assert len(new) == 160 and set(test["sample_id"]) <= set(new["sample_id"])
+    merged = test.merge(new, on="sample_id", suffixes=("", "_new"))
+    assert (merged["Age_wk_predicted"] - merged["Age_wk_predicted_new"]).abs().max() < 1e-5

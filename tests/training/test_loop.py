@@ -1,0 +1,153 @@
+"""The training loop on the bundled real data, in-process (the same `fit` Ray workers run)."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from aam.config import RunConfig
+from aam.data.collate import BatchSpec
+from aam.training.checkpoint import load_model
+from aam.training.loop import Session, fit, predict_rows, resume_state
+from aam.training.prepare import load_static
+
+TINY = dict(d_model=16, n_heads=2, asv_layers=1, sample_layers=1, token_limit=48, batch_size=16, epochs=2,
+            dropout=0.1)
+
+
+def tiny_cfg(data, **changes) -> RunConfig:
+    return RunConfig.from_dict({"data": str(data), **TINY, **changes})
+
+
+def run(cfg, restore=None):
+    static, rows = load_static(cfg)
+    session = Session(rows, cfg.seed, restore=restore)
+    metrics = fit(cfg, static, session)
+    return static, session, metrics
+
+
+@pytest.fixture(scope="module")
+def finished(example_dataset):
+    cfg = tiny_cfg(example_dataset)
+    static, session, metrics = run(cfg)
+    return cfg, static, session.last_checkpoint, metrics
+
+
+def test_run_folder_holds_config_predictions_model_and_tensorboard(finished):
+    cfg, static, folder, metrics = finished
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.pt", "state.pt", "val_predictions.tsv", "test_predictions.tsv",
+            "pred_vs_actual.png", "metrics.json", "tb", "samples"} <= names
+    assert RunConfig.load(folder / "config.json") == cfg
+    assert list((folder / "tb").glob("events.out.tfevents.*"))
+    for split in ("train", "val", "test"):
+        listed = (folder / "samples" / f"{split}.txt").read_text().split()
+        assert listed == static.sample_lists[split]
+    history = json.loads((folder / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert "test_mae" in metrics and "test_Age_wk/r2" in metrics
+
+
+def test_every_val_and_test_sample_is_predicted_on_the_original_scale(finished):
+    _, static, folder, _ = finished
+    for split in ("val", "test"):
+        frame = pd.read_csv(folder / f"{split}_predictions.tsv", sep="\t")
+        assert list(frame["sample_id"]) == static.sample_lists[split]  # no dropped last batch
+        assert frame["Age_wk_actual"].between(9, 112).all()  # weeks, not z-scores
+        assert frame["best_epoch"].nunique() == 1
+
+
+def test_checkpoint_alone_rebuilds_the_model_and_reproduces_test_predictions(finished):
+    cfg, static, folder, metrics = finished
+    bundle = load_model(folder)
+    assert bundle.config == cfg and bundle.targets == ["Age_wk"]
+    assert bundle.metrics["test_mae"] == pytest.approx(metrics["test_mae"])
+    spec = BatchSpec(static.tokens, bundle.targets, list(bundle.categoricals), cfg.token_limit, bundle.transform)
+    predicted = predict_rows(bundle.model, static.eval_rows["test"], spec, torch.device("cpu"), batch_size=7)
+    saved = pd.read_csv(folder / "test_predictions.tsv", sep="\t")["Age_wk_predicted"].to_numpy()
+    np.testing.assert_allclose(predicted[:, 0], saved, rtol=1e-5, atol=1e-5)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopAfter(Session):
+    """Dies right after reporting epoch `n`, as a killed run would (its checkpoint is kept)."""
+
+    def __init__(self, *args, n, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.n = n
+
+    def report(self, metrics, checkpoint_dir):
+        super().report(metrics, checkpoint_dir)
+        if metrics["epoch"] == self.n:
+            raise Interrupted
+
+
+def test_resume_continues_exactly_where_the_run_stopped(example_dataset):
+    cfg = tiny_cfg(example_dataset, epochs=3)
+    _, straight, _ = run(cfg)
+    static, rows = load_static(cfg)
+    broken = StopAfter(rows, cfg.seed, n=2)
+    with pytest.raises(Interrupted):
+        fit(cfg, static, broken)
+    _, resumed, metrics = run(cfg, restore=resume_state(broken.last_checkpoint))
+    a = torch.load(straight.last_checkpoint / "state.pt", weights_only=False)["model"]
+    b = torch.load(resumed.last_checkpoint / "state.pt", weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert [r["epoch"] for r in resumed.reports] == [3]
+    history = json.loads((resumed.last_checkpoint / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_a_new_learning_rate_on_resume_replaces_the_checkpoint_one(example_dataset, capsys):
+    cfg = tiny_cfg(example_dataset, epochs=3, warmup_frac=0.0)
+    static, rows = load_static(cfg)
+    broken = StopAfter(rows, cfg.seed, n=1)
+    with pytest.raises(Interrupted):
+        fit(cfg, static, broken)
+    faster = cfg.replace(lr=5e-3)
+    _, resumed, _ = run(faster, restore=resume_state(broken.last_checkpoint))
+    assert "peak learning rate 0.005 replaces the checkpoint's 0.001" in capsys.readouterr().out
+    first_lr_after_resume = resumed.reports[0]["lr"]
+    assert first_lr_after_resume > 1e-3  # cosine at 2/3 of a 5e-3 peak is 1.25e-3; the old peak gives 2.5e-4
+
+
+def test_pretrain_without_targets_then_fine_tune_a_frozen_encoder(example_dataset, tmp_path):
+    from aam.data import convert_dataset
+    from aam.examples import path
+
+    src = path("mouse_age_mini")
+    unlabeled = tmp_path / "unlabeled"
+    convert_dataset(src / "feature-table.biom", src / "sample-metadata.tsv", unlabeled, [],
+                    unifrac=src / "weighted-unifrac.tsv")
+    pre_cfg = tiny_cfg(unlabeled)
+    _, pre, pre_metrics = run(pre_cfg)
+    assert "val_loss" in pre_metrics and "val_mae" not in pre_metrics
+    assert not (pre.last_checkpoint / "test_predictions.tsv").exists()
+    pretrained = tmp_path / "pretrained"
+    shutil.copytree(pre.last_checkpoint, pretrained)
+
+    fine_cfg = tiny_cfg(example_dataset, pretrained_encoder=str(pretrained), freeze_encoder=True)
+    _, fine, _ = run(fine_cfg)
+    before = load_model(pretrained).model.state_dict()
+    after = load_model(fine.last_checkpoint).model.state_dict()
+    encoder_keys = [k for k in before if k.startswith(("asv_encoder.", "sample_encoder."))]
+    assert encoder_keys
+    for key in encoder_keys:
+        torch.testing.assert_close(before[key], after[key])  # frozen: not one weight moved
+    head_key = next(k for k in after if k.startswith("head.") and k.endswith("weight"))
+    assert head_key in after
+
+
+def test_train_on_val_keeps_the_last_epoch(example_dataset):
+    cfg = tiny_cfg(example_dataset, epochs=3, train_on_val=True)
+    static, rows = load_static(cfg)
+    assert rows.num_rows == len(static.sample_lists["train"]) + len(static.sample_lists["val"])
+    _, session, metrics = run(cfg)
+    assert metrics["best_epoch"] == 3
