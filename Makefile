@@ -1,5 +1,5 @@
 # The two commands of README.md:
-#   make demo   a real run on the bundled example data, on an embedded local Ray
+#   make demo   a real search (search_spaces/demo.yaml) on the bundled example data, on an embedded local Ray
 #   make test   the test suite (what .ci/run calls)
 # Both create the virtual environment in .venv on first use.
 
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(AAM) convert --example mouse_age_mini --out $(DEMO)/data --force
-	$(AAM) train --data $(DEMO)/data --out $(DEMO)/run --epochs 8 --force
+	$(AAM) tune search_spaces/demo.yaml --data $(DEMO)/data --storage-path $(DEMO)/experiments --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
 	$(VENV)/bin/ray stop --force >/dev/null 2>&1 || true

@@ -77,10 +77,11 @@ class RayTrainSession(Session):
             return resume_state(Path(folder))
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray
         import ray.train
 
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report({**metrics, "node_id": ray.get_runtime_context().get_node_id()}, checkpoint=checkpoint)
 
     def all_gather_embeddings(self, embeddings, rows, pad_to: int):
         if self.world_size == 1:

@@ -45,7 +45,14 @@ class TuneSession(Session):
         import ray.tune
 
         checkpoint = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.tune.report(metrics, checkpoint=checkpoint)
+        ray.tune.report({**metrics, "node_id": node_id()}, checkpoint=checkpoint)
+
+
+def node_id() -> str:
+    """The Ray node this process runs on: every report says where the trial ran."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def runs_in_trial(cfg: RunConfig) -> bool:
@@ -55,18 +62,15 @@ def runs_in_trial(cfg: RunConfig) -> bool:
 
 def tune_trial(config: dict, static: StaticData, train_rows: pa.Table, space_dict: dict) -> None:
     """What every trial runs (in a Tune actor)."""
-    import ray
     import ray.tune
 
     cfg = RunConfig.from_dict(config, where=f"trial {ray.tune.get_context().get_trial_id()}")
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(trial_dir / "config.json")
-    # where the trial ran: on a cluster, which node to look at (and the two-node test's evidence)
-    (trial_dir / "node.txt").write_text(ray.get_runtime_context().get_node_id() + "\n")
     static = refit_transform(cfg, static, train_rows)  # target_transform may be a searched key
     if runs_in_trial(cfg):
-        fit(cfg, static, TuneSession(train_rows, cfg.seed, verbose=False))
+        fit(cfg, static, TuneSession(train_rows, cfg.seed, verbose=False))  # the driver prints progress
     else:
         _fit_nested(cfg, static, train_rows, space_dict)
 
@@ -197,6 +201,8 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
                     name=space.name,
                     storage_path=space.storage_path,
                     verbose=0,
+                    # trial folders get config.json: sync it with each checkpoint
+                    sync_config=ray.tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True),
                     callbacks=[ProgressPrinter(space.metric, space.mode, probe.epochs)],
                     checkpoint_config=ray.tune.CheckpointConfig(
                         num_to_keep=space.keep_checkpoints,

@@ -55,6 +55,7 @@ class Session:
 
     rank = 0
     world_size = 1
+    verbose = True  # print a line per epoch (a Tune trial leaves that to the driver)
 
     def __init__(self, train_rows: pa.Table, seed: int, restore: dict | None = None, verbose: bool = True):
         self.train_rows = train_rows
@@ -189,7 +190,7 @@ def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
                 metrics.update(_finish(workdir, core, static, spec, cfg, unifrac, device, writer, best))
             best.metrics = metrics if best.epoch == epoch + 1 else best.metrics
             history.append(metrics)
-            _log_epoch(writer, metrics, cfg.epochs)
+            _log_epoch(writer, metrics, cfg.epochs, session.verbose)
             (workdir / "metrics.json").write_text(json.dumps({"history": history, "best_epoch": best.epoch}, indent=1))
             torch.save(
                 {
@@ -343,12 +344,14 @@ def _tensorboard(workdir: Path):
     return SummaryWriter(log_dir=str(workdir / "tb"))
 
 
-def _log_epoch(writer, metrics: dict, epochs: int) -> None:
+def _log_epoch(writer, metrics: dict, epochs: int, verbose: bool = True) -> None:
     step = metrics["epoch"]
     if writer is not None:
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and key != "epoch" and math.isfinite(value):
                 writer.add_scalar(key.replace("_", "/", 1), value, step)
+    if not verbose:
+        return
     shown = [f"epoch {step:>3}/{epochs}", f"loss {metrics.get('train_loss', float('nan')):.4f}"]
     for key in ("val_mae", "val_r2", "val_loss"):
         if key in metrics:

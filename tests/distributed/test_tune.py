@@ -1,0 +1,105 @@
+"""A small real search: Ray Tune + Optuna + ASHA on the bundled data, then runs / export / best-of."""
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from aam.cli import app
+from aam.distributed.experiment import read_experiment, resolve_trial
+from aam.distributed.space import load_space
+from aam.distributed.tune import run_search
+from aam.training.checkpoint import load_model
+
+pytestmark = pytest.mark.slow
+
+SPACE = {
+    "objective": {"metric": "val_mae", "mode": "min"},
+    "fixed": {"epochs": 3, "d_model": 16, "n_heads": 2, "asv_layers": 1, "sample_layers": 1, "token_limit": 48,
+              "batch_size": 16},
+    "search": {
+        "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+        "head": {"type": "categorical", "choices": ["linear", "mlp"]},
+        "head_hidden": {"type": "categorical", "choices": [[16], [32, 16]], "when": {"head": "mlp"}},
+    },
+    "tune": {"num_samples": 6, "max_concurrent_trials": 2,
+             "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+             "searcher": {"type": "optuna", "seed": 0, "n_startup_trials": 3},
+             "keep_checkpoints": 1},
+}
+
+
+def write_space(folder, space=SPACE, name="space.yaml"):
+    file = folder / name
+    file.write_text(yaml.safe_dump(space))
+    return file
+
+
+@pytest.fixture(scope="module")
+def experiment(ray_cluster, example_dataset, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tune")
+    space = load_space(write_space(folder), data_override=str(example_dataset),
+                       storage_override=str(folder / "experiments"), name_override="small")
+    return run_search(space)
+
+
+def test_every_trial_ends_and_asha_stops_some_early(experiment):
+    result = read_experiment(experiment)
+    assert len(result.trials) == 6
+    statuses = [t.status for t in result.trials]
+    assert set(statuses) <= {"finished", "stopped early"}
+    assert "stopped early" in statuses and "finished" in statuses
+    for trial in result.trials:
+        assert (trial.path / "config.json").is_file()
+        config = json.loads((trial.path / "config.json").read_text())
+        assert config["epochs"] == 3 and config["d_model"] == 16
+        if config["head"] == "mlp":  # the conditional was sampled on its branch only
+            assert config["head_hidden"] in ([16], [32, 16])
+        else:
+            assert config["head_hidden"] == [64]  # the default: not sampled for a linear head
+        if trial.status == "finished":
+            assert trial.epochs_done == 3
+        else:
+            assert 1 <= trial.epochs_done < 3
+
+
+def test_runs_lists_the_trials_best_first_as_table_tsv_and_json(experiment):
+    runner = CliRunner()
+    table = runner.invoke(app, ["runs", str(experiment)])
+    assert table.exit_code == 0 and "6 trials" in table.output
+    tsv = runner.invoke(app, ["runs", str(experiment), "--format", "tsv"])
+    frame = pd.read_csv(pd.io.common.StringIO(tsv.output), sep="\t")
+    assert list(frame["rank"]) == list(range(1, 7))
+    scores = frame["best_val_mae"].dropna().tolist()
+    assert scores == sorted(scores)
+    assert {"lr", "head", "status", "epochs"} <= set(frame.columns)
+    parsed = json.loads(runner.invoke(app, ["runs", str(experiment), "--format", "json"]).output)
+    assert parsed["metric"] == "val_mae" and len(parsed["trials"]) == 6
+
+
+def test_export_copies_the_best_model_without_retraining(experiment, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "exported"
+    result = runner.invoke(app, ["export", str(experiment), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    best = read_experiment(experiment).best()
+    bundle = load_model(out)
+    assert bundle.config.lr == pytest.approx(best.config["lr"])
+    assert bundle.metrics["val_mae"] == pytest.approx(best.best)
+
+
+def test_best_of_retrains_the_best_trial_and_compares_with_its_score(experiment, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "retrained"
+    result = runner.invoke(app, ["train", "--best-of", str(experiment), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    best = resolve_trial(experiment)
+    assert summary["trial"]["path"] == str(best.path)
+    assert summary["trial"]["score"] == pytest.approx(best.best)
+    retrained = summary["trial"]["retrained"]
+    # same config, same seed, same data: the retrained run lands on the trial's score
+    assert retrained == pytest.approx(best.best, rel=1e-3)
+    assert load_model(out).config.lr == pytest.approx(best.config["lr"])

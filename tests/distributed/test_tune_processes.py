@@ -1,0 +1,131 @@
+"""`aam tune` as separate processes: SIGKILL then --resume, and a real two-node Ray cluster."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aam.distributed.experiment import read_experiment
+
+pytestmark = pytest.mark.slow
+
+AAM = str(Path(sys.executable).parent / "aam")
+RAY = str(Path(sys.executable).parent / "ray")
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""}
+FIXED = {"d_model": 16, "n_heads": 2, "asv_layers": 1, "sample_layers": 1, "token_limit": 48, "batch_size": 16}
+
+
+def space_file(folder: Path, epochs: int, samples: int) -> Path:
+    space = {
+        "objective": {"metric": "val_mae", "mode": "min"},
+        "fixed": {**FIXED, "epochs": epochs},
+        "search": {"lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
+        "tune": {"num_samples": samples, "max_concurrent_trials": 2, "scheduler": {"type": "none"},
+                 "searcher": {"type": "optuna", "seed": 0, "n_startup_trials": 2}},
+    }
+    file = folder / "space.yaml"
+    file.write_text(yaml.safe_dump(space))
+    return file
+
+
+def reported_epochs(experiment: Path) -> dict[str, list[int]]:
+    out = {}
+    for trial_dir in experiment.glob("trial_*"):
+        result = trial_dir / "result.json"
+        lines = result.read_text().splitlines() if result.exists() else []
+        out[trial_dir.name] = [json.loads(line)["epoch"] for line in lines if line.strip().startswith("{")]
+    return out
+
+
+def test_a_search_killed_with_sigkill_resumes_without_losing_or_rerunning_trials(example_dataset, tmp_path):
+    storage = tmp_path / "experiments"
+    experiment = storage / "killed"
+    command = [AAM, "tune", str(space_file(tmp_path, epochs=4, samples=6)), "--data", str(example_dataset),
+               "--storage-path", str(storage), "--name", "killed"]
+    driver = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:  # kill it half-way: once some trial is done and others have started
+        while time.monotonic() < deadline:
+            epochs = reported_epochs(experiment) if experiment.exists() else {}
+            if sum(e[-1:] == [4] for e in epochs.values()) >= 1 and sum(len(e) for e in epochs.values()) >= 7:
+                break
+            assert driver.poll() is None, "the search ended before it could be killed"
+            time.sleep(0.5)
+        else:
+            pytest.fail("the search made no progress in 300 s")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = reported_epochs(experiment)
+    assert sum(e[-1:] != [4] for e in before.values()) + (6 - len(before)) >= 1  # work was left undone
+
+    resumed = subprocess.run([AAM, "tune", "--resume", str(experiment)], env=ENV, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = read_experiment(experiment)
+    assert len(result.trials) == 6
+    assert [t.status for t in result.trials] == ["finished"] * 6
+    after = reported_epochs(experiment)
+    for name, epochs in after.items():
+        assert epochs[-1] == 4, (name, epochs)
+        assert epochs.count(1) == 1, f"{name} restarted from scratch: {epochs}"  # resumed from its checkpoint
+        assert epochs[: len(before.get(name, []))] == before.get(name, []), name  # history kept
+    assert len({t.config["lr"] for t in result.trials}) == 6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_cluster(marker: str) -> None:
+    """Stop only this test's Ray processes (a plain `ray stop` would also end the session's Ray)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes():
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
+def test_tune_on_an_existing_two_node_cluster_places_trials_on_both_nodes(example_dataset, tmp_path):
+    port = free_port()
+    head_tmp = Path("/tmp") / f"aam_head_{port}"
+    worker_tmp = Path("/tmp") / f"aam_worker_{port}"
+    address = f"127.0.0.1:{port}"
+    start = [RAY, "start", "--num-cpus=1", "--disable-usage-stats"]
+    try:
+        subprocess.run([*start, "--head", f"--port={port}", f"--temp-dir={head_tmp}", "--node-ip-address=127.0.0.1",
+                        f"--dashboard-port={free_port()}", "--dashboard-host=127.0.0.1"],
+                       env=ENV, check=True, capture_output=True, timeout=120)
+        subprocess.run([*start, f"--address={address}", f"--temp-dir={worker_tmp}", "--node-ip-address=127.0.0.1"],
+                       env=ENV, check=True, capture_output=True, timeout=120)
+        storage = tmp_path / "experiments"
+        result = subprocess.run(
+            [AAM, "tune", str(space_file(tmp_path, epochs=2, samples=4)), "--data", str(example_dataset),
+             "--storage-path", str(storage), "--name", "two_nodes", "--address", address],
+            env=ENV, capture_output=True, text=True, timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    finally:
+        stop_cluster(str(head_tmp))
+        stop_cluster(str(worker_tmp))
+        stop_cluster(f"127.0.0.1:{port}")
+    experiment = storage / "two_nodes"
+    nodes = {
+        json.loads(line)["node_id"]
+        for trial in experiment.glob("trial_*")
+        for line in (trial / "result.json").read_text().splitlines()
+        if line.strip()
+    }
+    assert len(nodes) == 2, nodes  # one CPU per node, two trials at a time: both nodes ran trials
+    assert [t.status for t in read_experiment(experiment).trials] == ["finished"] * 4
