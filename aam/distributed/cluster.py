@@ -8,6 +8,7 @@ locally: Ray Train's placement-group cleanup needs its State API (RAY_NOTES §0)
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 
@@ -35,6 +36,9 @@ def ray_runtime(address: str | None = None, cpus_needed: float = 0.0, quiet: boo
     """Yield a connected Ray; shut it down afterwards only if this call started it."""
     set_ray_env()
     import ray
+
+    for name in ("ray.data", "ray.train", "ray.tune"):  # per-dataset / per-report INFO lines in the driver
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     if ray.is_initialized():  # tests and the in-process tune trial share one runtime
         yield ray

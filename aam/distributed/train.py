@@ -12,6 +12,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import pyarrow as pa
 import torch
 
 from aam.config import RunConfig
@@ -58,14 +59,10 @@ class RayTrainSession(Session):
     def shard_size(self) -> int:
         return self.n_train // self.world_size  # the shards are equal (DataConfig default)
 
-    def train_batches(self, epoch: int, batch_size: int):
-        for rows in self.shard.iter_batches(
-            batch_size=batch_size,
-            batch_format="pyarrow",
-            local_shuffle_buffer_size=max(self.shard_size(), batch_size),
-            local_shuffle_seed=self.seed * 1000 + epoch * 10 + self.rank,
-        ):
-            yield rows
+    def epoch_rows(self, epoch: int) -> pa.Table:
+        # The shard streams from Ray Data; its rows (small: a row is a sample's ASV list) are
+        # gathered once per epoch so shuffling is the loop's own seeded permutation.
+        return pa.concat_tables(self.shard.iter_batches(batch_size=None, batch_format="pyarrow"))
 
     def restore_state(self) -> dict | None:
         import ray.train

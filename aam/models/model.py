@@ -38,6 +38,9 @@ from torch import nn
 from aam.config import RunConfig
 from aam.data.sequences import MASK, PAD, VOCAB_SIZE
 
+# Share of a batch's distinct ASVs that get a second, masked pass for the nucleotide task.
+NUCLEOTIDE_TASK_FRACTION = 0.25
+
 # --------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------
@@ -332,37 +335,33 @@ class AAM(nn.Module):
         When count_embed is off the encoder never sees counts and every real slot is scored.
         Without hiding (eval, or mask_prob 0) a count embedding makes the count task trivial.
 
-        The masked tokens and hidden counts feed the whole model in that pass (one encoder pass
-        serves every loss), so training-mode predictions see a slightly corrupted input.
+        The targets and UniFrac always see the clean input. The self-supervised tasks corrupt
+        their own copies: masked nucleotides go through the ASV encoder again for a subset of
+        the batch's distinct ASVs, hidden counts through the (cheap) sample encoder again. A
+        single corrupted pass for everything made training-mode embeddings differ from
+        evaluation ones, and the BatchNorm before the head turned that shift into val errors
+        several times the target's range.
         """
         tokens, asv_index, asv_mask = batch["tokens"], batch["asv_index"], batch["asv_mask"]
         out: dict[str, torch.Tensor] = {}
 
-        # with a frozen encoder the self-supervised tasks cannot teach it anything, and masking
-        # would only corrupt the features the regression head is fitted on
+        # with a frozen encoder the self-supervised tasks cannot teach it anything
         pretraining = not self.encoder_frozen
         do_mask = mask_nucleotides and self.masks_nucleotides and pretraining
-        if do_mask:
-            labels = tokens
-            tokens, masked = mask_tokens(tokens, self.cfg.mask_prob, generator)
-
         log_counts = torch.log1p(batch["counts"].float())
-        hidden = torch.zeros_like(asv_mask)
+        no_hidden = torch.zeros_like(asv_mask)
         if mask_counts is None:
             mask_counts = mask_nucleotides
         hide_counts = (
             mask_counts and pretraining and self.count_head is not None
             and self.sample_encoder.count_embedding is not None and self.cfg.mask_prob > 0
         )
-        if hide_counts:
-            draw = uniform(asv_mask.shape, generator, asv_mask.device)
-            hidden = (draw < self.cfg.mask_prob) & asv_mask
 
         # a frozen encoder needs no autograd graph: cheaper in time and memory
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
-            asv_vectors, nucleotide_states = self.asv_encoder(tokens)  # each distinct ASV once
+            asv_vectors, _ = self.asv_encoder(tokens)  # each distinct ASV once
             slots = asv_vectors[asv_index]  # [B, S, D]: scatter to the samples that hold them
-            sample_vec, slot_states = self.sample_encoder(slots, asv_mask, log_counts, hidden)
+            sample_vec, slot_states = self.sample_encoder(slots, asv_mask, log_counts, no_hidden)
 
         out["sample_embedding"] = sample_vec
         if self.head is not None:
@@ -370,16 +369,25 @@ class AAM(nn.Module):
         else:
             out["prediction"] = sample_vec.new_zeros(sample_vec.shape[0], 0)
         if do_mask:
+            n_rows = tokens.shape[0]
+            n_pick = max(1, math.ceil(NUCLEOTIDE_TASK_FRACTION * n_rows))
+            pick = torch.randperm(n_rows, generator=generator)[:n_pick].to(tokens.device)
+            labels = tokens[pick]
+            corrupted, masked = mask_tokens(labels, self.cfg.mask_prob, generator)
+            _, nucleotide_states = self.asv_encoder(corrupted)
             u, length = masked.shape
             letters = self.nucleotide_head(nucleotide_states).reshape(u, -1, VOCAB_SIZE)[:, :length]
             out["nucleotide_logits"] = letters[masked]
             out["nucleotide_labels"] = labels[masked]
         if self.count_head is not None and pretraining:
-            # The count head matters most with count_embed off (then the encoder never saw the
-            # counts); with a count embedding, only hidden slots are scored (see docstring).
-            pred = self.count_head(slot_states).squeeze(-1).masked_fill(~asv_mask, 0.0)
-            out["count_prediction"] = pred
-            out["count_mask"] = hidden if hide_counts else asv_mask
+            # With count_embed off the encoder never saw the counts and every real slot is scored;
+            # with a count embedding, the hidden slots of a second sample-encoder pass are.
+            count_mask = asv_mask
+            if hide_counts:
+                count_mask = (uniform(asv_mask.shape, generator, asv_mask.device) < self.cfg.mask_prob) & asv_mask
+                _, slot_states = self.sample_encoder(slots, asv_mask, log_counts, count_mask)
+            out["count_prediction"] = self.count_head(slot_states).squeeze(-1).masked_fill(~asv_mask, 0.0)
+            out["count_mask"] = count_mask
         return out
 
     # --- pretrain -> fine-tune ---------------------------------------------------------------

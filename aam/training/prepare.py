@@ -54,6 +54,7 @@ def load_static(cfg: RunConfig) -> tuple[StaticData, pa.Table]:
         unifrac=None if dataset.unifrac is None else np.asarray(dataset.unifrac, dtype=np.float32),
         transform=transform,
         eval_rows={"val": splits["val"], "test": splits["test"]},
+        calibration_rows=_calibration_rows(train_rows, cfg.seed),
         sample_lists={k: v.column("sample_id").to_pylist() for k, v in splits.items()},
         n_train=train_rows.num_rows,
         dataset_path=str(dataset.path),
@@ -67,3 +68,13 @@ def refit_transform(cfg: RunConfig, static: StaticData, train_rows: pa.Table) ->
         return static
     transform = TargetTransform.fit(cfg.target_transform, static.targets, raw_targets(train_rows, static.targets))
     return dataclasses.replace(static, transform=transform)
+
+
+CALIBRATION_SAMPLES = 256
+
+
+def _calibration_rows(train_rows: pa.Table, seed: int) -> pa.Table:
+    """A fixed random subset of the training rows for BatchNorm recalibration (see loop)."""
+    n = min(CALIBRATION_SAMPLES, train_rows.num_rows)
+    pick = np.sort(np.random.default_rng(seed).choice(train_rows.num_rows, size=n, replace=False))
+    return train_rows.take(pick)

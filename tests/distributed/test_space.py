@@ -437,7 +437,7 @@ def test_demo_points_at_the_makefile_dataset(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     space = load_space(REPO / "search_spaces" / "demo.yaml")
     assert space.data == str(tmp_path / "demo" / "data")  # relative to the CWD, made absolute
-    assert space.num_samples * space.fixed["epochs"] <= 48  # a few minutes on 2 CPUs
+    assert space.num_samples * space.fixed["epochs"] <= 150  # ASHA stops most trials at 3 epochs: minutes on 2 CPUs
 
 
 # --- paths, names, overrides, round trip -----------------------------------------------------
