@@ -109,7 +109,8 @@ def _check_out(out: Path, force: bool, resume_from: Optional[Path]) -> None:
 
 
 def _print_summary(out: Path, metrics: dict) -> None:
-    keys = [k for k in ("best_epoch", "val_mae", "val_r2", "test_mae", "test_rmse", "test_r2", "test_loss") if k in metrics]
+    # val scores of the last epoch are not the model's: show the best epoch's (the kept model)
+    keys = [k for k in ("best_epoch", "best_val_score", "test_mae", "test_rmse", "test_r2", "test_loss") if k in metrics]
     shown = "  ".join(f"{k} {metrics[k]:.4g}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}" for k in keys)
     print(f"done: {shown}")
     print(f"run folder: {out}")

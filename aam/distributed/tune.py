@@ -122,7 +122,7 @@ class ProgressPrinter(Callback):
         self.counts = {"finished": 0, "stopped early": 0, "failed": 0}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        running = sum(t.status == "RUNNING" for t in trials)
+        running = 1 + sum(t.status == "RUNNING" for t in trials if t is not trial)  # its own status lags
         self.say(f"{trial.trial_id} started ({running} running)")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
