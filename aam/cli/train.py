@@ -132,7 +132,7 @@ def _write_comparison(out: Path, results: dict, trial) -> None:
 
         metric = read_experiment(trial.path.parent).metric
         summary["trial"] = {"path": str(trial.path), "metric": metric, "score": trial.best, "epoch": trial.best_epoch}
-        retrained = [m.get(f"best_val_score") if metric == "val_mae" else m.get(metric) for m in results.values()]
+        retrained = [m.get("best_val_score") if metric == "val_mae" else m.get(metric) for m in results.values()]
         retrained = [r for r in retrained if r is not None]
         if retrained:
             mean = statistics.fmean(retrained)

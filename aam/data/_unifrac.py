@@ -141,7 +141,7 @@ def from_tree(
         import skbio
         from skbio.diversity import beta_diversity
     except ImportError:
-        raise AamUserError("--tree needs scikit-bio; install it with: pip install 'aam[unifrac]'") from None
+        raise AamUserError("--tree needs scikit-bio, a dependency of aam; reinstall aam (pip install -e .)") from None
     try:
         # Newick turns '_' into ' ' in unquoted names unless told not to; IDs must stay as written.
         tree = skbio.TreeNode.read(str(tree_path), format="newick", convert_underscores=False)

@@ -22,6 +22,10 @@ RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Snapshot the experiment state every second (default: adaptive, often ~10 s): a killed driver
+    # then loses at most a second of which checkpoint each trial reached, so --resume restarts
+    # trials from their last checkpoint rather than an older one (or from scratch).
+    "TUNE_GLOBAL_CHECKPOINT_S": "1",
     "RAY_AIR_NEW_OUTPUT": "0",
 }
 

@@ -18,7 +18,7 @@ import torch
 from aam.config import RunConfig
 from aam.distributed.cluster import ray_runtime
 from aam.errors import AamUserError
-from aam.training.loop import Session, StaticData, fit, resume_state
+from aam.training.loop import Session, StaticData, checkpoint_resume_state, fit
 from aam.training.prepare import load_static
 
 RAY_STORAGE = "ray"  # inside the run folder: Ray Train's own checkpoints
@@ -67,11 +67,8 @@ class RayTrainSession(Session):
     def restore_state(self) -> dict | None:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()  # a restarted worker group resumes from its own
-        if checkpoint is None:
-            return self._restore
-        with checkpoint.as_directory() as folder:
-            return resume_state(Path(folder))
+        # a restarted worker group resumes from its own checkpoint, else from --resume-from
+        return checkpoint_resume_state(ray.train.get_checkpoint()) or self._restore
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         import ray

@@ -23,7 +23,7 @@ from aam.config import RunConfig
 from aam.distributed.cluster import ray_runtime
 from aam.distributed.space import SearchSpace
 from aam.errors import AamUserError
-from aam.training.loop import Session, StaticData, fit, resume_state
+from aam.training.loop import Session, StaticData, checkpoint_resume_state, fit
 from aam.training.prepare import load_static, refit_transform
 
 SPACE_FILE = "aam-space.yaml"  # the resolved space, beside Tune's own files
@@ -35,11 +35,7 @@ class TuneSession(Session):
     def restore_state(self) -> dict | None:
         import ray.tune
 
-        checkpoint = ray.tune.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as folder:
-            return resume_state(Path(folder))
+        return checkpoint_resume_state(ray.tune.get_checkpoint())
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         import ray.tune
@@ -99,9 +95,7 @@ def _fit_nested(cfg: RunConfig, static: StaticData, train_rows: pa.Table, space_
         run_config=ray.train.RunConfig(
             # named from the trial id: a restarted trial finds and resumes its own run
             name=f"{context.get_experiment_name()}-{context.get_trial_id()}",
-            storage_path=str(Path(space_dict["storage_path"]) / "_train_runs")
-            if "://" not in space_dict["storage_path"]
-            else space_dict["storage_path"].rstrip("/") + "/_train_runs",
+            storage_path=str(_storage_join(space_dict["storage_path"], "_train_runs")),
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=space_dict["tune"]["keep_checkpoints"],
@@ -219,10 +213,15 @@ def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def _storage_join(storage: str, name: str) -> Path | str:
+    """A folder below the storage path: a local Path, or a URI string (s3://...)."""
+    if "://" in storage:
+        return f"{storage.rstrip('/')}/{name}"
+    return Path(storage) / name
+
+
 def _experiment_path(space: SearchSpace) -> Path | str:
-    if "://" in space.storage_path:
-        return f"{space.storage_path.rstrip('/')}/{space.name}"
-    return Path(space.storage_path) / space.name
+    return _storage_join(space.storage_path, space.name)
 
 
 def _write_space(space: SearchSpace, experiment) -> None:

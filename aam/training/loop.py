@@ -362,6 +362,14 @@ def resume_state(folder: Path) -> dict:
     return state
 
 
+def checkpoint_resume_state(checkpoint) -> dict | None:
+    """`resume_state` of a Ray Train/Tune Checkpoint (None: nothing to resume)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return resume_state(Path(folder))
+
+
 def _unpack_files(files: dict[str, bytes], folder: Path) -> None:
     for rel, data in files.items():
         target = folder / rel

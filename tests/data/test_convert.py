@@ -1,4 +1,3 @@
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,9 +11,6 @@ from aam.data import Dataset, convert_dataset, read_table, table_to_rows
 from aam.errors import AamUserError
 
 DATASETS = Path(__file__).parents[2] / ".." / "shared" / "datasets"
-needs_skbio = pytest.mark.skipif(
-    importlib.util.find_spec("skbio") is None, reason="scikit-bio (aam[unifrac]) is not installed"
-)
 
 
 def test_tiny_conversion_reports_every_drop(tiny):
@@ -141,7 +137,6 @@ def test_argument_errors(tiny, kwargs, message):
     assert not (tiny["dir"] / "o").exists()
 
 
-@needs_skbio
 def test_tree_unifrac_in_dataset(tiny, tmp_path):
     tree = tmp_path / "t.nwk"
     tree.write_text("((ACGTACGTAA:1,CCGGTTAA:2):1,GGGTTTCCCAAA:3);")  # TTTTACGA is not in the tree
@@ -217,7 +212,6 @@ def test_real_emp_ph(tmp_path):
 
 
 @pytest.mark.slow
-@needs_skbio
 def test_real_mouse_age_with_partial_tree(tmp_path):
     src = _require("mouse_age")
     report = convert_dataset(

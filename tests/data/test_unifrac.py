@@ -1,4 +1,3 @@
-import importlib.util
 import zipfile
 
 import h5py
@@ -74,12 +73,8 @@ def test_ragged_or_disjoint(tmp_path):
 
 
 TREE = "((AAAA:1,CCCC:2):1,GGGG:3);"
-needs_skbio = pytest.mark.skipif(
-    importlib.util.find_spec("skbio") is None, reason="scikit-bio (aam[unifrac]) is not installed"
-)
 
 
-@needs_skbio
 def test_tree_unifrac_by_hand(tmp_path):
     tree = tmp_path / "t.nwk"
     tree.write_text(TREE)
@@ -100,7 +95,6 @@ def test_tree_unifrac_by_hand(tmp_path):
     assert any("1 of 4 ASVs are not in the tree (60.00% of reads)" in n for n in w.notes)
 
 
-@needs_skbio
 def test_tree_properties_on_random_counts(tmp_path):
     tree = tmp_path / "t.nwk"
     tree.write_text("(((AAAA:1,CCCC:2):0.5,(GGGG:1,TTTT:0.2):1):1,ACGT:3);")
@@ -112,7 +106,6 @@ def test_tree_properties_on_random_counts(tmp_path):
     assert ((uf.matrix >= 0) & (uf.matrix <= 1)).all()
 
 
-@needs_skbio
 def test_tree_sample_without_tree_reads_gets_no_row(tmp_path):
     tree = tmp_path / "t.nwk"
     tree.write_text(TREE)
@@ -121,7 +114,6 @@ def test_tree_sample_without_tree_reads_gets_no_row(tmp_path):
     assert uf.rows.tolist() == [0, -1, 1]
 
 
-@needs_skbio
 def test_tree_errors(tmp_path):
     tree = tmp_path / "t.nwk"
     tree.write_text(TREE)
