@@ -1,8 +1,9 @@
 """`aam runs`: the leaderboard of an experiment, read from its folder (Ray need not run)."""
 
 import json
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -12,29 +13,38 @@ from aam.errors import AamUserError
 FORMATS = ("table", "tsv", "json")
 
 
-def print_leaderboard(experiment, fmt: str) -> None:
+def print_leaderboard(experiment, fmt: str, baselines: tuple[Path, ...] = ()) -> None:
+    from aam.baselines import with_baselines
+
     board = experiment.leaderboard()
+    trials_data = next((t.config["data"] for t in experiment.trials if t.config.get("data")), None)
+    shown, notes = with_baselines(board, list(baselines), experiment.metric, trials_data)
+    for note in notes:
+        print(note, file=sys.stderr)
     if fmt == "tsv":
-        print(board.to_csv(sep="\t", index=False), end="")
+        print(shown.to_csv(sep="\t", index=False), end="")
     elif fmt == "json":
+        records = json.loads(shown.to_json(orient="records"))
         print(json.dumps({"experiment": str(experiment.path), "metric": experiment.metric, "mode": experiment.mode,
-                          "trials": json.loads(board.to_json(orient="records"))}, indent=1))
+                          "trials": records[:len(board)], "baselines": records[len(board):]}, indent=1))
     else:
         counts = board["status"].value_counts().to_dict() if len(board) else {}
-        print(f"{experiment.path}: {len(board)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
+        extra = f" and {len(shown) - len(board)} baseline(s)" if len(shown) > len(board) else ""
+        print(f"{experiment.path}: {len(board)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}){extra}, "
               f"ranked by {experiment.metric} ({experiment.mode})")
-        if len(board):
-            print(board.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        if len(shown):
+            print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
 @app.command()
 def runs(
     experiment: Annotated[Path, typer.Argument(help="Experiment folder: STORAGE/NAME printed by `aam tune`.")],
     format: Annotated[str, typer.Option("--format", help="table, tsv or json.")] = "table",
+    baseline: Annotated[Optional[list[Path]], typer.Option("--baseline", help="Folder written by `aam baseline`: shown as a row beside the trials (repeatable).")] = None,
 ):
     """List an experiment's trials: params, metrics, status, epochs, best first."""
     from aam.distributed.experiment import read_experiment
 
     if format not in FORMATS:
         raise AamUserError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
-    print_leaderboard(read_experiment(experiment), format)
+    print_leaderboard(read_experiment(experiment), format, tuple(baseline or ()))

@@ -1,0 +1,54 @@
+"""`aam baseline rf`: the Random Forest a tuned model has to beat, on the same dataset and split."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from aam.cli._app import app
+
+baseline_app = typer.Typer(
+    name="baseline",
+    help="Fit a baseline on a dataset folder; compare it with trials via `aam runs EXPERIMENT --baseline DIR`.",
+    no_args_is_help=True,
+)
+app.add_typer(baseline_app, name="baseline")
+
+
+@baseline_app.command("rf")
+def random_forest(
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder made by `aam convert`.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (predictions, metrics, baseline.json).")],
+    targets: Annotated[Optional[str], typer.Option("--targets", help="Comma-separated targets (default: all of the dataset's).")] = None,
+    n_estimators: Annotated[int, typer.Option("--n-estimators", help="Trees per forest.")] = 500,
+    max_features: Annotated[Optional[str], typer.Option("--max-features", help="ASVs tried per split: sqrt, log2, a fraction or a count (default: sklearn's, all).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the forest (same seed, same predictions).")] = 0,
+    n_jobs: Annotated[int, typer.Option("--n-jobs", help="CPU cores to grow trees on (-1: all).")] = 1,
+    train_on_val: Annotated[bool, typer.Option("--train-on-val", help="Fit on train+val (val scores are then in-sample).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out folder.")] = False,
+):
+    """Random Forest on relative abundances: one forest per target, fitted on the train split."""
+    from aam.baselines import run_random_forest
+
+    names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
+    result = run_random_forest(data, out, targets=names, n_estimators=n_estimators, seed=seed, n_jobs=n_jobs,
+                               max_features=max_features, train_on_val=train_on_val, force=force)
+    _print_summary(result)
+
+
+def _print_summary(result) -> None:
+    info = result.info
+    print(f"random forest: {info['n_estimators']} trees, max_features={info['max_features']}, seed {info['seed']}, "
+          f"fit on {info['n_train']} samples ({'train+val' if info['train_on_val'] else 'train'}) "
+          f"in {info['fit_seconds']:.1f} s")
+    for name in result.targets:
+        scores = "  ".join(f"{split} MAE {_fmt(result.metrics[f'{split}_{name}/mae'])} "
+                           f"R² {_fmt(result.metrics[f'{split}_{name}/r2'])}" for split in ("val", "test"))
+        print(f"{name}: {scores}")
+    if info["train_on_val"]:
+        print("note: val was part of the fit, so its scores are in-sample")
+    print(f"baseline folder: {result.out}")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
