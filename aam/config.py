@@ -21,9 +21,13 @@ from typing import Any
 from aam.errors import AamUserError
 
 COUNT_EMBEDS = ("off", "add", "concat", "film")
-TARGET_LOSSES = ("mse", "mae", "huber")
-TARGET_TRANSFORMS = ("none", "minmax", "zscore", "log-minmax", "log-zscore")
-HEADS = ("linear", "mlp")
+TARGET_LOSSES = ("mse", "mae", "huber", "quantile", "asymmetric")
+TARGET_TRANSFORMS = ("none", "minmax", "zscore", "zscore-category", "log-minmax", "log-zscore")
+HEADS = ("linear", "mlp", "residual", "moe")
+CATEGORICAL_FUSIONS = ("off", "concat", "add", "gmu", "cross-attention", "perceiver")
+# list fields whose items are numbers, not names
+_INT_LISTS = ("head_hidden",)
+_FLOAT_LISTS = ("quantiles",)
 UNIFRAC_METRICS = ("euclidean",)
 
 
@@ -54,24 +58,53 @@ class RunConfig:
     ff_mult: int = _f(2, "Feed-forward width as a multiple of d_model.", low=1, section="model")
     dropout: float = _f(0.1, "Dropout in every transformer layer and head.", low=0.0, high=0.9, section="model")
     count_embed: str = _f("add", "How count magnitudes (log1p) enter the sample encoder.", COUNT_EMBEDS, section="model")
-    head: str = _f("linear", "Regression head on the pooled sample embedding.", HEADS, section="model")
-    head_hidden: list = _f([64], "Hidden sizes of an MLP head.", section="model")
+    head: str = _f("linear", "Regression head on the pooled sample embedding: linear, mlp, residual "
+                   "(linear + mlp) or moe (a mixture of experts).", HEADS, section="model")
+    head_hidden: list = _f([64], "Hidden sizes of an mlp or residual head, and of each moe expert "
+                           "(empty: linear experts).", section="model")
+    head_dropout: float = _f(0.1, "Dropout between the hidden layers of a head.", low=0.0, high=0.9, section="model")
+    moe_experts: int = _f(4, "Experts of the moe head.", low=2, high=64, section="model")
+    moe_router: str = _f("embedding", "What routes the moe head: 'embedding' (learned from the sample "
+                         "embedding) or the name of a categorical column.", section="model")
+    categorical_fusion: str = _f("off", "How categorical metadata joins the sample embedding (see "
+                                 "`aam train --categorical-help`).", CATEGORICAL_FUSIONS, section="model")
+    categorical_columns: list = _f([], "Categorical columns the fusion reads (default: every categorical "
+                                   "column of the dataset).", section="model")
+    categorical_dim: int = _f(16, "Embedding width of each categorical column.", low=1, section="model")
+    perceiver_latents: int = _f(8, "Latent vectors of the perceiver fusion.", low=1, section="model")
+    perceiver_layers: int = _f(1, "Self-attention layers over the perceiver's latents.", low=0, section="model")
+    category_affine: str = _f("", "Categorical column whose every category gets its own output scale and "
+                              "bias (default: none).", section="model")
     count_head: bool = _f(True, "Predict each ASV's log1p(count) as a self-supervised task.", section="model")
     mask_prob: float = _f(0.15, "Fraction of nucleotides masked for the nucleotide task (0 turns it off).",
                           low=0.0, high=0.5, section="model")
     # --- loss -------------------------------------------------------------------------------
     target_loss: str = _f("mse", "Loss on the (transformed) target.", TARGET_LOSSES, section="loss")
+    target_loss_map: dict = _f({}, "Loss per target, e.g. ph=mse,temperature_deg_c=huber; targets not named "
+                               "use target_loss.", section="loss")
     huber_delta: float = _f(1.0, "Delta of the huber loss, on the transformed scale.", low=1e-6, section="loss")
+    quantiles: list = _f([0.1, 0.5, 0.9], "Quantiles of the quantile loss: sorted, in (0, 1), with 0.5 "
+                         "(the median is the prediction).", section="loss")
+    asymmetric_over: float = _f(1.0, "Asymmetric loss: penalty per unit of over-prediction.", low=1e-6,
+                                section="loss")
+    asymmetric_under: float = _f(1.0, "Asymmetric loss: penalty per unit of under-prediction.", low=1e-6,
+                                 section="loss")
     target_transform: str = _f("zscore", "Transform fitted on train targets, undone for metrics.",
                                TARGET_TRANSFORMS, section="loss")
+    transform_by: list = _f([], "Categorical columns whose groups get their own z-score "
+                            "(target_transform=zscore-category).", section="loss")
     target_weight: float = _f(1.0, "Weight of the target loss.", low=0.0, section="loss")
     unifrac_weight: float = _f(1.0, "Weight of the UniFrac distance loss (pairs with a known distance).",
                                low=0.0, section="loss")
     nucleotide_weight: float = _f(0.1, "Weight of the masked-nucleotide loss.", low=0.0, section="loss")
     count_weight: float = _f(0.1, "Weight of the ASV count loss.", low=0.0, section="loss")
+    moe_balance_weight: float = _f(0.01, "Weight of the moe load-balancing loss (0: none).", low=0.0,
+                                   section="loss")
     # --- optimisation -----------------------------------------------------------------------
     epochs: int = _f(20, "Passes over the training split.", low=1, section="optim")
     lr: float = _f(1e-3, "Peak learning rate of AdamW.", low=1e-8, high=1.0, section="optim")
+    categorical_lr: float = _f(0.0, "Peak learning rate of every categorical parameter (embeddings, fusion, "
+                               "category router and affine; 0: same as lr).", low=0.0, high=1.0, section="optim")
     weight_decay: float = _f(0.01, "AdamW weight decay.", low=0.0, section="optim")
     warmup_frac: float = _f(0.1, "Warm-up as a fraction of all steps, then cosine decay.", low=0.0, high=0.9,
                             section="optim")
@@ -81,6 +114,15 @@ class RunConfig:
     pretrained_encoder: str = _f("", "Run folder or checkpoint whose ASV and sample encoders start this run.",
                                  section="transfer")
     freeze_encoder: bool = _f(False, "Keep the pretrained encoders fixed; train only the heads.", section="transfer")
+    # --- speed (each fast path can be switched off, so benchmarks/ can compare) ------------------
+    pad_to_token_limit: bool = _f(False, "Reference path: pad every sample to token_limit instead of the batch's "
+                                  "longest sample.", section="speed")
+    dedupe_asvs: bool = _f(True, "Encode each distinct ASV of a batch once and scatter its vector to every "
+                           "sample that holds it (off: encode every ASV slot).", section="speed")
+    cache_asv_vectors: bool = _f(True, "With freeze_encoder: compute every ASV vector of the dataset once and "
+                                 "reuse it across epochs and trials.", section="speed")
+    precision: str = _f("auto", "auto (bf16 autocast on a GPU that supports it, else fp32), fp32 or bf16.",
+                        ("auto", "fp32", "bf16"), section="speed")
     # --- resources --------------------------------------------------------------------------
     workers: int = _f(1, "Ray Train workers (data-parallel).", low=1, section="resources")
     cpus_per_worker: float = _f(1.0, "CPUs reserved per worker.", low=0.0, section="resources")
@@ -125,12 +167,84 @@ class RunConfig:
             raise AamUserError(f"{where}: d_model={self.d_model} must be even when nucleotide_patch > 1")
         if self.d_model % self.n_heads:
             raise AamUserError(f"{where}: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if self.head == "mlp" and not self.head_hidden:
-            raise AamUserError(f"{where}: head='mlp' needs head_hidden, e.g. head_hidden=[64]")
+        if self.head in ("mlp", "residual") and not self.head_hidden:
+            raise AamUserError(f"{where}: head={self.head!r} needs head_hidden, e.g. head_hidden=[64]")
+        for target, loss in self.target_loss_map.items():
+            if loss not in TARGET_LOSSES:
+                raise AamUserError(f"{where}: target_loss_map: {target}={loss!r} is not one of "
+                                   f"{', '.join(TARGET_LOSSES)}")
+        q = self.quantiles
+        if self.uses_quantiles and (not q or any(not 0 < v < 1 for v in q) or list(q) != sorted(set(q)) or 0.5 not in q):
+            raise AamUserError(f"{where}: quantiles={q!r} must be distinct, sorted, inside (0, 1) and include "
+                               "0.5 (the median is the prediction), e.g. quantiles=0.1,0.5,0.9")
+        if self.target_transform == "zscore-category" and not self.transform_by:
+            raise AamUserError(f"{where}: target_transform='zscore-category' needs transform_by, the categorical "
+                               "column(s) whose groups get their own z-score, e.g. transform_by=Diet")
         if any((not isinstance(h, int)) or h < 1 for h in self.head_hidden):
             raise AamUserError(f"{where}: head_hidden={self.head_hidden!r} must be positive whole numbers")
         if self.freeze_encoder and not self.pretrained_encoder:
             raise AamUserError(f"{where}: freeze_encoder=true needs pretrained_encoder (a run folder)")
+
+    # --- what the model and losses read off the config ---------------------------------------
+    def loss_for(self, target: str) -> str:
+        return self.target_loss_map.get(target, self.target_loss)
+
+    @property
+    def uses_quantiles(self) -> bool:
+        return self.target_loss == "quantile" or "quantile" in self.target_loss_map.values()
+
+    def outputs_for(self, target: str) -> int:
+        """Head outputs of one target: one per quantile for the quantile loss, else one."""
+        return len(self.quantiles) if self.loss_for(target) == "quantile" else 1
+
+    def fusion_columns(self, available: list[str]) -> list[str]:
+        """The categorical columns the fusion reads (none when fusion is off)."""
+        if self.categorical_fusion == "off":
+            return []
+        return list(self.categorical_columns) or list(available)
+
+    def model_columns(self, available: list[str]) -> list[str]:
+        """Every categorical column the model reads (fusion, moe router, affine), in dataset order."""
+        used = set(self.fusion_columns(available))
+        if self.head == "moe" and self.moe_router != "embedding":
+            used.add(self.moe_router)
+        if self.category_affine:
+            used.add(self.category_affine)
+        return [c for c in available if c in used]
+
+    def check_dataset(self, targets: list[str], categoricals: list[str], where: str = "config") -> None:
+        """What can only be checked against a dataset: target and column names."""
+        for name in DATASET_NAMED_FIELDS:
+            value = getattr(self, name)
+            if name == "moe_router" and self.head != "moe":
+                continue
+            check_dataset_value(name, value, targets, categoricals, where)
+
+    def redundancy_warnings(self, categoricals: list[str]) -> list[str]:
+        """Combinations that run but waste parameters or say the same thing twice."""
+        out = []
+        fused = set(self.fusion_columns(categoricals))
+        if self.categorical_lr > 0 and not self.model_columns(categoricals):
+            out.append("categorical_lr is set but the model reads no categorical column (fusion off, no "
+                       "category router or affine): it has no effect")
+        if self.head == "moe" and self.moe_router in fused:
+            out.append(f"moe_router={self.moe_router} and categorical_fusion={self.categorical_fusion} both read "
+                       f"'{self.moe_router}': the experts already split by it, fusing it too is rarely needed")
+        if self.category_affine and self.category_affine in self.transform_by:
+            out.append(f"category_affine={self.category_affine} and target_transform=zscore-category by the same "
+                       "column both give each category its own scale and shift: keep one")
+        if self.category_affine and self.category_affine in fused and self.categorical_fusion == "add":
+            out.append(f"category_affine={self.category_affine} with categorical_fusion=add on the same column: "
+                       "both shift the output per category")
+        if self.head != "moe" and (self.moe_router != "embedding" or self.moe_experts != 4):
+            out.append(f"moe_router/moe_experts are set but head={self.head}: they apply to head=moe only")
+        if self.categorical_fusion == "off" and self.categorical_columns:
+            out.append("categorical_columns is set but categorical_fusion=off: the columns are not read")
+        if self.target_transform != "zscore-category" and self.transform_by:
+            out.append(f"transform_by is set but target_transform={self.target_transform}: it is not used")
+        if not self.uses_quantiles and self.quantiles != [0.1, 0.5, 0.9]:
+            out.append("quantiles are set but no target uses the quantile loss")
+        return out
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
@@ -145,6 +259,31 @@ class RunConfig:
         except json.JSONDecodeError as e:
             raise AamUserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
         return cls.from_dict(values, where=str(path))
+
+
+# fields whose values name a target or a categorical column of the dataset
+DATASET_NAMED_FIELDS = ("target_loss_map", "categorical_columns", "transform_by", "moe_router", "category_affine")
+
+
+def check_dataset_value(name: str, value: Any, targets: list[str], categoricals: list[str],
+                        where: str = "config") -> None:
+    """One value of a DATASET_NAMED_FIELDS field (from a config or a search space's choices)."""
+    if name == "target_loss_map":
+        names, pool, kind = list(value), targets, "target"
+    elif name in ("categorical_columns", "transform_by"):
+        names, pool, kind = list(value), categoricals, "categorical"
+    elif name == "moe_router":
+        names, pool, kind = ([] if value == "embedding" else [value]), categoricals, "categorical"
+    else:
+        names, pool, kind = ([value] if value else []), categoricals, "categorical"
+    for column in names:
+        if column not in pool:
+            hint = difflib.get_close_matches(column, pool, n=1)
+            also = f" (did you mean '{hint[0]}'?)" if hint else ""
+            have = ", ".join(pool) or f"none: convert again with --{kind}"
+            extra = " or 'embedding'" if name == "moe_router" else ""
+            raise AamUserError(f"{where}: {name}: '{column}' is not a {kind} column of the dataset{also}; "
+                               f"it has {have}{extra}")
 
 
 def field_type(name: str) -> type:
@@ -197,10 +336,33 @@ def coerce_value(name: str, value: Any, where: str = "config") -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise bad
-        if name == "head_hidden":
+        number = int if name in _INT_LISTS else float if name in _FLOAT_LISTS else None
+        if number is not None:
+            if any(isinstance(v, bool) for v in value):
+                raise bad
             try:
-                return [int(v) for v in value]
+                numbers = [number(v) for v in value]
             except (TypeError, ValueError):
                 raise bad from None
+            if number is int and any(float(v) != n for v, n in zip(value, numbers)):
+                raise bad
+            return numbers
         return [str(v) for v in value]
+    if kind is dict:
+        if isinstance(value, str):  # CLI: "ph=mse,temperature_deg_c=huber" (or a JSON object)
+            text = value.strip()
+            if text.startswith("{"):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError:
+                    raise bad from None
+            else:
+                pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+                if any(len(p) != 2 for p in pairs):
+                    raise AamUserError(f"{where}: {name}={value!r}: write name=value pairs separated by commas, "
+                                       "e.g. ph=mse,temperature_deg_c=huber")
+                value = {k.strip(): v.strip() for k, v in pairs}
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise bad
+        return dict(value)
     raise bad

@@ -15,13 +15,14 @@ import typer
 
 from aam.config import RunConfig, field_type
 
-_CLI_TYPES = {bool: bool, int: int, float: float, str: str, list: str}
+_CLI_TYPES = {bool: bool, int: int, float: float, str: str, list: str, dict: str}
 _PANELS = {
     "data": "Data",
     "model": "Model",
     "loss": "Loss",
     "optim": "Optimisation",
     "transfer": "Pretrain / fine-tune",
+    "speed": "Speed",
     "resources": "Resources",
 }
 
@@ -38,7 +39,10 @@ def _option(name: str, f) -> inspect.Parameter:
         help_text += f" One of: {', '.join(meta['choices'])}."
     if kind is list:
         help_text += " (comma-separated)"
-    if kind is list:
+    if kind is dict:
+        help_text += " (name=value pairs, comma-separated)"
+        default = ",".join(f"{k}={v}" for k, v in f.default_factory().items()) or "none"
+    elif kind is list:
         default = ",".join(str(v) for v in f.default_factory()) or "none"
     else:
         default = str(f.default).lower() if kind is bool else f.default

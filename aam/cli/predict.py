@@ -18,6 +18,8 @@ def predict(
     out: Annotated[Path, typer.Option("--out", help="Predictions TSV to write.")],
     sequences: Annotated[Optional[Path], typer.Option("--sequences", help="FASTA mapping hashed observation IDs to sequences.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Samples per forward pass.")] = 64,
+    metadata: Annotated[Optional[Path], typer.Option("--metadata", help="Sample-metadata TSV with the categorical "
+                                                     "columns the model reads (needed only by such a model).")] = None,
 ):
     """Predict the trained targets, on their original scale, for every sample of a table."""
     from aam.training.predict import predict_table
@@ -26,7 +28,9 @@ def predict(
         raise AamUserError(f"--out {out}: is a folder; give a file name such as predictions.tsv")
     if not out.parent.exists():
         raise AamUserError(f"--out {out}: folder {out.parent} does not exist")
-    frame = predict_table(model, table, sequences=sequences, batch_size=batch_size)
+    frame, notes = predict_table(model, table, sequences=sequences, batch_size=batch_size, metadata=metadata)
+    for note in notes:
+        print(f"note: {note}")
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     try:

@@ -31,6 +31,14 @@ def resolve_config(base: dict, overrides: dict, where: str) -> RunConfig:
     return RunConfig.from_dict({**base, **overrides}, where=where)
 
 
+def _categorical_help(value: bool) -> None:
+    if value:
+        from aam.models import FUSION_GUIDE
+
+        print(FUSION_GUIDE, end="")
+        raise typer.Exit()
+
+
 @app.command()
 @with_config_options
 def train(
@@ -41,6 +49,8 @@ def train(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Train this many seeds (seed, seed+1, ...) into OUT/seed_K and summarise them.")] = 1,
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster to use (default: RAY_ADDRESS, else an embedded local Ray).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Write into a run folder that already has files.")] = False,
+    categorical_help: Annotated[bool, typer.Option("--categorical-help", is_eager=True, callback=_categorical_help,
+                                                   help="Print when to use which categorical fusion, and exit.")] = False,
     overrides: dict = None,
 ):
     """Train the AAM model on a dataset folder made by `aam convert`."""

@@ -28,6 +28,10 @@ class BatchSpec:
     categoricals: list[str]
     token_limit: int
     transform: TargetTransform | None
+    # reference paths, off by default (benchmarks/ compares them with the fast ones)
+    pad_to_limit: bool = False  # pad every sample to token_limit, not to the batch's longest
+    dedupe: bool = True  # False: one `tokens` row per ASV slot, shared ASVs encoded again
+    quantile_targets: list[int] | None = None  # set by evaluation to undo the transform of quantiles
 
 
 def _list_column(rows: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -39,12 +43,20 @@ def _list_column(rows: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def collate(rows: pa.Table, spec: BatchSpec) -> dict:
-    """A pyarrow Table of sample rows -> the model's batch dict (see aam.models.model)."""
+    """A pyarrow Table of sample rows -> the model's batch dict (see aam.models.model).
+
+    `spec.pad_to_limit` and `spec.dedupe=False` switch on the slow reference paths (every sample
+    padded to `token_limit` and full-width tokens; one `tokens` row per ASV slot). The model
+    gives the same outputs on every path; benchmarks/ measures what the fast one saves.
+    """
     n = rows.num_rows
     idx_off, idx_flat = _list_column(rows, "asv_idx")
     cnt_off, cnt_flat = _list_column(rows, "counts")
     lengths = np.minimum(np.diff(idx_off), spec.token_limit)
-    width = max(int(lengths.max()) if n else 1, 1)
+    if spec.pad_to_limit:
+        width = max(int(spec.token_limit), 1)
+    else:
+        width = max(int(lengths.max()) if n else 1, 1)
 
     slot = np.arange(width)
     asv_mask = slot[None, :] < lengths[:, None]
@@ -53,16 +65,27 @@ def collate(rows: pa.Table, spec: BatchSpec) -> dict:
     slot_asv = np.where(asv_mask, idx_flat[gather] if idx_flat.size else 0, 0)
     slot_counts = np.where(asv_mask, cnt_flat[gather] if cnt_flat.size else 0, 0).astype(np.float32)
 
-    distinct, inverse = np.unique(slot_asv[asv_mask], return_inverse=True)
+    if spec.dedupe:
+        rows_of_tokens, inverse = np.unique(slot_asv[asv_mask], return_inverse=True)
+    else:  # reference path: every real slot gets its own row, shared ASVs repeated
+        rows_of_tokens = slot_asv[asv_mask]
+        inverse = np.arange(rows_of_tokens.size)
     asv_index = np.zeros((n, width), dtype=np.int64)
     asv_index[asv_mask] = inverse
-    tokens = spec.tokens[distinct] if distinct.size else np.zeros((1, spec.tokens.shape[1]), np.uint8)
-    # trim columns that are padding for every distinct ASV of this batch
-    used = np.flatnonzero(tokens.any(axis=0))
-    tokens = tokens[:, : (used[-1] + 1 if used.size else 1)]
+    if rows_of_tokens.size:
+        tokens = spec.tokens[rows_of_tokens]
+    else:
+        tokens = np.zeros((1, spec.tokens.shape[1]), np.uint8)
+        rows_of_tokens = np.zeros(1, dtype=np.int64)
+    if not spec.pad_to_limit:
+        # trim columns that are padding for every distinct ASV of this batch
+        used = np.flatnonzero(tokens.any(axis=0))
+        tokens = tokens[:, : (used[-1] + 1 if used.size else 1)]
 
     batch = {
         "tokens": torch.from_numpy(tokens.astype(np.int64)),
+        # the dataset's ASV index of each `tokens` row: where a frozen encoder's cached vectors are
+        "asv_ids": torch.from_numpy(rows_of_tokens.astype(np.int64)),
         "asv_index": torch.from_numpy(asv_index),
         "asv_mask": torch.from_numpy(asv_mask),
         "counts": torch.from_numpy(slot_counts),
@@ -90,16 +113,23 @@ def raw_targets(rows: pa.Table, names: list[str]) -> np.ndarray:
 
 def _targets(rows: pa.Table, spec: BatchSpec) -> np.ndarray:
     values = raw_targets(rows, spec.targets)
-    return spec.transform.forward(values) if spec.transform is not None else values
+    if spec.transform is None:
+        return values
+    return spec.transform.forward(values, category_codes(rows, spec.transform.by))
 
 
-def _categoricals(rows: pa.Table, spec: BatchSpec) -> np.ndarray:
-    out = np.zeros((rows.num_rows, len(spec.categoricals)), dtype=np.int64)
-    for c, name in enumerate(spec.categoricals):
+def category_codes(rows: pa.Table, names: list[str]) -> np.ndarray:
+    """Category codes [N, len(names)] of the rows; 0 (unknown) where a row has no such column."""
+    out = np.zeros((rows.num_rows, len(names)), dtype=np.int64)
+    for c, name in enumerate(names):
         column = f"cat.{name}"
         if column in rows.column_names:
             out[:, c] = rows.column(column).to_numpy(zero_copy_only=False)
     return out
+
+
+def _categoricals(rows: pa.Table, spec: BatchSpec) -> np.ndarray:
+    return category_codes(rows, spec.categoricals)
 
 
 def move_to(batch: dict, device: torch.device) -> dict:

@@ -110,6 +110,8 @@ def train(cfg: RunConfig, run_dir: Path, restore: dict | None = None, address: s
     """Train `cfg` with `cfg.workers` Ray Train workers; leave the run's files in `run_dir`."""
     static, _ = load_static(cfg)
     _check_workers(cfg, static)
+    for warning in cfg.redundancy_warnings(list(static.categoricals)):
+        print(f"warning: {warning}", flush=True)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with ray_runtime(address, cpus_needed=cfg.workers * cfg.cpus_per_worker) as ray:

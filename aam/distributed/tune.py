@@ -19,7 +19,7 @@ import pyarrow as pa
 import yaml
 from ray.tune import Callback
 
-from aam.config import RunConfig
+from aam.config import DATASET_NAMED_FIELDS, RunConfig, check_dataset_value
 from aam.distributed.cluster import ray_runtime
 from aam.distributed.space import SearchSpace
 from aam.errors import AamUserError
@@ -167,6 +167,17 @@ def _cpus_needed(space: SearchSpace, probe: RunConfig) -> float:
     return concurrent * (probe.workers * probe.cpus_per_worker + 0.01) + 1
 
 
+def _check_choices_fit_dataset(space: SearchSpace, static: StaticData) -> None:
+    """A searched column or target name that the dataset lacks fails now, not in trial 7."""
+    for param in space.params:
+        if param.name in DATASET_NAMED_FIELDS:
+            for branch in param.branches:
+                for choice in branch.choices:
+                    value = list(choice) if isinstance(choice, tuple) else choice
+                    check_dataset_value(param.name, value, static.targets, list(static.categoricals),
+                                        where=f"{space.source}: search.{param.name}")
+
+
 def run_search(space: SearchSpace, address: str | None = None, resume: bool = False) -> Path | str:
     """Run (or resume) the search; returns the experiment folder."""
     if space.data is None:
@@ -174,6 +185,7 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
     # fixed values and resources: what every trial shares (searched keys keep their defaults here)
     probe = RunConfig.from_dict(space.constants(), where=space.source)
     static, train_rows = load_static(probe)
+    _check_choices_fit_dataset(space, static)
     experiment = _experiment_path(space)
     with ray_runtime(address, cpus_needed=_cpus_needed(space, probe)) as ray:
         trainable = _trainable(space, probe, static, train_rows)

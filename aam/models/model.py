@@ -8,7 +8,11 @@ Read it top to bottom:
     ASVEncoder       nucleotide tokens [U, L] -> one vector per distinct ASV [U, D]
     CountEmbedding   log1p(count) into the ASV slots: add | concat | film
     SampleEncoder    ASV vectors scattered to slots [B, S, D] -> sample vector [B, D]
-    AAM              the composition, the heads, and the pretrain -> fine-tune helpers
+    AAM              the composition: encoders -> categorical fusion -> regression head, the
+                     self-supervised heads, and the pretrain -> fine-tune helpers
+
+The regression heads (linear, mlp, residual, mixture of experts) are in `heads.py`, the
+categorical fusions (concat, add, gmu, cross-attention, perceiver) in `categorical.py`.
 
 The batch is made by `aam.data.collate.collate`:
 
@@ -17,6 +21,7 @@ The batch is made by `aam.data.collate.collate`:
     asv_mask     Bool  [B, S]  True for a real ASV slot
     counts       Float [B, S]  raw counts (0 at padding)
     targets      Float [B, T]  transformed targets, NaN where missing (read by the losses)
+    categoricals Long  [B, C]  category codes of every categorical column of the dataset (0: unknown)
     unifrac_row  Long  [B]     row in the UniFrac matrix, -1 when unknown (read by the losses)
 
 Speed: each distinct ASV is encoded once and its vector gathered into every sample that has it;
@@ -37,6 +42,8 @@ from torch import nn
 
 from aam.config import RunConfig
 from aam.data.sequences import MASK, PAD, VOCAB_SIZE
+from aam.models.categorical import CategoricalFusion
+from aam.models.heads import RegressionHead, TargetLayout
 
 # Share of a batch's distinct ASVs that get a second, masked pass for the nucleotide task.
 NUCLEOTIDE_TASK_FRACTION = 0.25
@@ -253,22 +260,6 @@ class SampleEncoder(nn.Module):
 # --------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------
-def _regression_head(cfg: RunConfig, n_targets: int) -> nn.Module:
-    # Sample vectors are means over ~100 ASV vectors that share most of their content, so at
-    # the start two samples differ by ~1% of their norm. BatchNorm rescales those differences
-    # per feature; without it the head needs thousands of steps before its output varies at
-    # all (measured: prediction spread 1e-4 after 60 steps without, 0.6 with).
-    norm = nn.BatchNorm1d(cfg.d_model)
-    if cfg.head == "linear":
-        return nn.Sequential(norm, nn.Dropout(cfg.dropout), nn.Linear(cfg.d_model, n_targets))
-    layers: list[nn.Module] = [norm]
-    width = cfg.d_model
-    for hidden in cfg.head_hidden:
-        layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(cfg.dropout)]
-        width = hidden
-    return nn.Sequential(*layers, nn.Linear(width, n_targets))
-
-
 class AAM(nn.Module):
     """Attention All Microbes: a batch dict (see the module docstring) -> outputs dict.
 
@@ -277,22 +268,55 @@ class AAM(nn.Module):
     compute for nothing and, under DistributedDataParallel, a parameter without a gradient.
     """
 
-    def __init__(self, cfg: RunConfig, n_targets: int, token_width: int):
+    def __init__(self, cfg: RunConfig, n_targets: int | list[str], token_width: int,
+                 categoricals: dict[str, list[str]] | None = None):
+        """`n_targets`: the target names (or just how many); `categoricals`: every categorical
+        column of the dataset -> its categories, in the order of the batch's `categoricals`."""
         super().__init__()
+        names = list(n_targets) if not isinstance(n_targets, int) else [f"target{t}" for t in range(n_targets)]
+        categoricals = dict(categoricals or {})
         self.cfg = cfg
-        self.n_targets = n_targets
+        self.n_targets = len(names)
         self.token_width = token_width
+        self.layout = TargetLayout.from_config(cfg, names)
         d = cfg.d_model
         self.asv_encoder = ASVEncoder(cfg, token_width)
         self.sample_encoder = SampleEncoder(cfg)
-        self.head = _regression_head(cfg, n_targets) if n_targets > 0 else None
+        # categorical columns, as indices into the batch's `categoricals`
+        columns = list(categoricals)
+        fused = cfg.fusion_columns(columns) if self.n_targets else []
+        self.fusion_columns = [columns.index(c) for c in fused]
+        self.fusion = CategoricalFusion(cfg, [len(categoricals[c]) for c in fused]) if fused else None
+        self.head = None
+        if self.n_targets > 0:
+            router = cfg.moe_router if cfg.head == "moe" and cfg.moe_router != "embedding" else None
+            affine = cfg.category_affine or None
+            self.head = RegressionHead(
+                cfg, d, self.layout.n_outputs,
+                router_column=columns.index(router) if router else None,
+                router_categories=len(categoricals[router]) if router else None,
+                affine_column=columns.index(affine) if affine else None,
+                affine_categories=len(categoricals[affine]) if affine else None,
+            )
         self.masks_nucleotides = cfg.mask_prob > 0 and cfg.nucleotide_weight > 0
         # one position holds `nucleotide_patch` letters: the head predicts each of them
         patch = cfg.nucleotide_patch
         self.nucleotide_head = nn.Linear(d, patch * VOCAB_SIZE) if self.masks_nucleotides else None
         self.count_head = nn.Linear(d, 1) if cfg.count_head and cfg.count_weight > 0 else None
         self.encoder_frozen = False
+        # every ASV vector of the dataset, computed once by a frozen encoder (see use_asv_cache);
+        # not persistent: a checkpoint never carries it
+        self.register_buffer("asv_cache", None, persistent=False)
         self.apply(self._init_weights)
+        if self.head is not None and self.head.affine is not None:
+            nn.init.zeros_(self.head.affine.weight)  # every category starts at scale 1, bias 0
+
+    def categorical_parameters(self) -> list[nn.Parameter]:
+        """Every categorical parameter (embeddings, fusion, category router, affine): the group
+        that `categorical_lr` drives."""
+        modules = ([self.fusion] if self.fusion is not None else []) + (
+            self.head.categorical_modules() if self.head is not None else [])
+        return [p for m in modules for p in m.parameters()]
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -303,6 +327,9 @@ class AAM(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
+            if module.padding_idx is not None:  # the "unknown" category stays exactly zero
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
         elif isinstance(module, AttentionPool):
             # near-uniform pooling at start, but not exactly zero: a zero query gives the key
             # projection a zero gradient
@@ -322,8 +349,14 @@ class AAM(nn.Module):
         mask_counts: bool | None = None,
     ) -> dict:
         """Outputs:
-            sample_embedding   [B, D]
-            prediction         [B, n_targets] on the transformed target scale
+            sample_embedding   [B, D] from the microbes alone (what UniFrac compares)
+            prediction         [B, n_targets] on the transformed target scale (the median of a
+                               quantile target)
+            quantiles          [B, T_quantile, Q] every quantile of the quantile targets
+            raw_prediction     [B, n_outputs] the head's outputs, and `layout` (a heads.TargetLayout)
+                               that says which belong to which target and its loss
+            diagnostics        dict of per-sample values to log: "gate", "column_attention",
+                               "asv_attention" (fusion), "gates" (moe)
             nucleotide_logits  [M, VOCAB] and nucleotide_labels [M]: masked nucleotides, only
                                when mask_nucleotides and the nucleotide task is on
             count_prediction   [B, S] predicted log1p(count) (0 at padding), when count_head
@@ -359,15 +392,30 @@ class AAM(nn.Module):
 
         # a frozen encoder needs no autograd graph: cheaper in time and memory
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
-            asv_vectors, _ = self.asv_encoder(tokens)  # each distinct ASV once
+            if self.asv_cache is not None and "asv_ids" in batch:
+                asv_vectors = self.asv_cache[batch["asv_ids"]]  # the nucleotide transformer never runs
+            else:
+                asv_vectors, _ = self.asv_encoder(tokens)  # each distinct ASV once
             slots = asv_vectors[asv_index]  # [B, S, D]: scatter to the samples that hold them
             sample_vec, slot_states = self.sample_encoder(slots, asv_mask, log_counts, no_hidden)
 
         out["sample_embedding"] = sample_vec
+        diagnostics: dict[str, torch.Tensor] = {}
         if self.head is not None:
-            out["prediction"] = self.head(sample_vec)
+            codes = batch.get("categoricals")
+            fused = sample_vec
+            if self.fusion is not None:
+                fused, diagnostics = self.fusion(sample_vec, codes[:, self.fusion_columns], slot_states, asv_mask)
+            raw, head_diagnostics = self.head(fused, codes)
+            diagnostics.update(head_diagnostics)
+            out["raw_prediction"] = raw
+            out["layout"] = self.layout
+            out["prediction"] = self.layout.point(raw)
+            if self.layout.quantile_targets:
+                out["quantiles"] = self.layout.quantile_outputs(raw)
         else:
             out["prediction"] = sample_vec.new_zeros(sample_vec.shape[0], 0)
+        out["diagnostics"] = diagnostics
         if do_mask:
             n_rows = tokens.shape[0]
             n_pick = max(1, math.ceil(NUCLEOTIDE_TASK_FRACTION * n_rows))
@@ -428,6 +476,23 @@ class AAM(nn.Module):
                     p.requires_grad_(False)
         self.asv_encoder.eval()
         self.sample_encoder.eval()
+
+    @torch.no_grad()
+    def encode_all_asvs(self, tokens: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """Vectors [n, D] of every row of `tokens` [n, L] from the ASV encoder in eval mode."""
+        was_training = self.asv_encoder.training
+        self.asv_encoder.eval()
+        out = torch.cat([self.asv_encoder(tokens[i : i + chunk])[0] for i in range(0, len(tokens), chunk)])
+        self.asv_encoder.train(was_training and not self.encoder_frozen)
+        return out
+
+    def use_asv_cache(self, vectors: torch.Tensor) -> None:
+        """Read ASV vectors from `vectors` [n_asvs, D] (rows = the dataset's ASV index, which a
+        batch's `asv_ids` gives) instead of running the ASV encoder. Only a frozen encoder's
+        vectors never change, so only then is this exact."""
+        if not self.encoder_frozen:
+            raise ValueError("an ASV-vector cache needs a frozen encoder (freeze_encoder)")
+        self.asv_cache = vectors.to(next(self.parameters()).device)
 
     def train(self, mode: bool = True) -> "AAM":
         super().train(mode)

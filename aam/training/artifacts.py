@@ -8,13 +8,19 @@ import numpy as np
 import pandas as pd
 
 
-def predictions_frame(sample_ids, names, predicted, actual=None, best_epoch=None) -> pd.DataFrame:
-    """One row per sample: `<target>_actual`, `<target>_predicted` on the original scale."""
+def predictions_frame(sample_ids, names, predicted, actual=None, best_epoch=None, quantiles=None,
+                      quantile_names=(), quantile_levels=()) -> pd.DataFrame:
+    """One row per sample: `<target>_actual`, `<target>_predicted` on the original scale, and for a
+    target trained with the quantile loss every quantile as `<target>_q<level>` (e.g. age_q0.1)."""
     frame = {"sample_id": list(sample_ids)}
     for t, name in enumerate(names):
         if actual is not None:
             frame[f"{name}_actual"] = actual[:, t]
         frame[f"{name}_predicted"] = predicted[:, t]
+        if name in quantile_names:
+            k = list(quantile_names).index(name)
+            for j, level in enumerate(quantile_levels):
+                frame[f"{name}_q{level:g}"] = quantiles[:, k, j]
     out = pd.DataFrame(frame)
     if best_epoch is not None:
         out["best_epoch"] = best_epoch

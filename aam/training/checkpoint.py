@@ -77,7 +77,7 @@ def load_model(path: str | Path) -> ModelBundle:
 
     payload = read_payload(path)
     cfg = RunConfig.from_dict(payload["config"], where=str(find_model_file(path)))
-    model = AAM(cfg, n_targets=len(payload["targets"]), token_width=payload["token_width"])
+    model = AAM(cfg, payload["targets"], payload["token_width"], payload["categoricals"])
     model.load_state_dict(payload["state_dict"])
     model.eval()
     transform = TargetTransform.from_dict(payload["transform"]) if payload["transform"] else None

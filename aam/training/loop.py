@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -25,13 +26,14 @@ import pyarrow as pa
 import torch
 
 from aam.config import RunConfig
-from aam.data.collate import BatchSpec, collate, move_to, raw_targets
+from aam.data.collate import BatchSpec, category_codes, collate, move_to, raw_targets
 from aam.data.transforms import TargetTransform
+from aam.errors import AamUserError
 from aam.training import artifacts
 from aam.training.checkpoint import MODEL_FILE, STATE_FILE, load_encoder_weights, model_payload
 from aam.training.losses import total_loss
 from aam.training.metrics import regression_metrics
-from aam.training.optim import make_optimizer, set_peak_lr, warmup_cosine
+from aam.training.optim import group_lrs, make_optimizer, set_peak_lr, warmup_cosine
 
 
 @dataclass
@@ -49,6 +51,9 @@ class StaticData:
     sample_lists: dict[str, list[str]]  # split -> sample ids, written beside the run
     n_train: int
     dataset_path: str = ""
+    # with a frozen pretrained encoder: every ASV vector of the dataset, computed once and shared
+    # by every epoch, worker and trial (see prepare.encode_asvs)
+    asv_vectors: np.ndarray | None = None
 
 
 class Session:
@@ -105,6 +110,11 @@ class Session:
         return None
 
 
+def batch_spec(cfg: RunConfig, static: StaticData) -> BatchSpec:
+    return BatchSpec(static.tokens, static.targets, list(static.categoricals), cfg.token_limit, static.transform,
+                     pad_to_limit=cfg.pad_to_token_limit, dedupe=cfg.dedupe_asvs)
+
+
 @dataclass
 class _Best:
     epoch: int = -1
@@ -118,18 +128,20 @@ def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
 
     torch.manual_seed(cfg.seed)
     device = session.device
-    model = AAM(cfg, n_targets=len(static.targets), token_width=static.token_width)
+    model = AAM(cfg, static.targets, static.token_width, static.categoricals)
     if cfg.pretrained_encoder:
         load_encoder_weights(model, cfg.pretrained_encoder)
         if cfg.freeze_encoder:
             model.freeze_encoder()
+            if cfg.cache_asv_vectors and static.asv_vectors is not None:
+                model.use_asv_cache(torch.from_numpy(np.array(static.asv_vectors)))
     model.to(device)
     core = model
     model = session.prepare_model(model)
-    optimizer = make_optimizer(core.parameters(), cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(core, cfg)
     steps_per_epoch = max(math.ceil(session.shard_size() / cfg.batch_size), 1)
     scheduler = warmup_cosine(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_frac)
-    spec = BatchSpec(static.tokens, static.targets, list(static.categoricals), cfg.token_limit, static.transform)
+    spec = batch_spec(cfg, static)
     # a copy: arrays from Ray's object store are read-only
     unifrac = torch.tensor(static.unifrac, device=device) if static.unifrac is not None else None
     masking = torch.Generator().manual_seed(cfg.seed * 7919 + session.rank)
@@ -172,7 +184,7 @@ def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
-        metrics = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        metrics = {"epoch": epoch + 1, **group_lrs(optimizer)}
         metrics.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
 
         checkpoint_dir = None
@@ -261,44 +273,94 @@ class Evaluation:
     actual: np.ndarray  # original scale [N, T]
     predicted: np.ndarray  # original scale [N, T]
     metrics: dict
+    quantiles: np.ndarray | None = None  # original scale [N, T_quantile, Q]
+    quantile_names: list[str] = field(default_factory=list)
+    quantile_levels: list[float] = field(default_factory=list)
 
-    def frame(self, names, best_epoch):
-        return artifacts.predictions_frame(self.sample_ids, names, self.predicted, self.actual, best_epoch)
+    def frame(self, names, best_epoch=None):
+        return artifacts.predictions_frame(self.sample_ids, names, self.predicted, self.actual, best_epoch,
+                                           self.quantiles, self.quantile_names, self.quantile_levels)
+
+
+class _Diagnostics:
+    """Per-sample diagnostics of the fusion and moe head, averaged over a split for logging:
+    gmu_gate (share kept from the microbes), attention_<column>, asv_attention, expert<e>_usage."""
+
+    def __init__(self, model, spec: BatchSpec):
+        columns = [spec.categoricals[c] for c in getattr(model, "fusion_columns", [])]
+        self.names = {"gate": ["gmu_gate"], "column_attention": [f"attention_{c}" for c in columns],
+                      "asv_attention": ["asv_attention"]}
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, diagnostics: dict) -> None:
+        for key, values in diagnostics.items():
+            values = values.detach().float().reshape(values.shape[0], -1).sum(dim=0).cpu().tolist()
+            names = self.names.get(key) or [f"expert{e}_usage" for e in range(len(values))]
+            for name, value in zip(names, values):
+                self.sums[name] = self.sums.get(name, 0.0) + value
+        self.n += next(iter(diagnostics.values())).shape[0] if diagnostics else 0
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.n for k, v in self.sums.items()} if self.n else {}
+
+
+def _outputs_by_batch(model, rows: pa.Table, spec: BatchSpec, device, batch_size: int):
+    model.eval()
+    for start in range(0, rows.num_rows, batch_size):
+        batch = move_to(collate(rows.slice(start, batch_size), spec), device)
+        yield batch, model(batch)
+
+
+def _original_scale(values: list[np.ndarray], empty_shape: tuple, spec: BatchSpec, rows: pa.Table) -> np.ndarray:
+    out = np.concatenate(values) if values else np.zeros(empty_shape)
+    if spec.transform is None or not len(out):
+        return out
+    codes = category_codes(rows, spec.transform.by)
+    if out.ndim == 3:  # quantiles of the quantile targets: those targets' own transform parameters
+        return spec.transform.inverse(out, codes, targets=spec.quantile_targets)
+    return spec.transform.inverse(out, codes)
 
 
 @torch.no_grad()
-def predict_rows(model, rows: pa.Table, spec: BatchSpec, device, batch_size: int = 64):
-    """Predictions on the original scale [N, T] for every row, in row order (nothing dropped)."""
-    model.eval()
-    out = []
-    for start in range(0, rows.num_rows, batch_size):
-        batch = move_to(collate(rows.slice(start, batch_size), spec), device)
-        out.append(model(batch)["prediction"].float().cpu().numpy())
-    predicted = np.concatenate(out) if out else np.zeros((0, len(spec.targets)))
-    return spec.transform.inverse(predicted) if spec.transform is not None else predicted
+def predict_rows(model, rows: pa.Table, spec: BatchSpec, device, batch_size: int = 64) -> Evaluation:
+    """Predictions on the original scale for every row, in row order (nothing dropped); the
+    actual values are NaN where the rows carry no target."""
+    return evaluate(model, rows, spec, None, None, device, batch_size, with_loss=False)
 
 
 @torch.no_grad()
-def evaluate(model, rows: pa.Table, spec: BatchSpec, cfg: RunConfig, unifrac, device, batch_size: int = 64):
-    """Loss and metrics over a whole split; the last partial batch counts like any other."""
-    model.eval()
-    predicted, loss_sum, n = [], 0.0, 0
-    for start in range(0, rows.num_rows, batch_size):
-        batch = move_to(collate(rows.slice(start, batch_size), spec), device)
-        outputs = model(batch)
-        loss, _ = total_loss(outputs, batch, cfg, unifrac, None)
-        loss_sum += float(loss) * len(batch["sample_ids"])
+def evaluate(model, rows: pa.Table, spec: BatchSpec, cfg: RunConfig | None, unifrac, device, batch_size: int = 64,
+             with_loss: bool = True) -> Evaluation:
+    """Loss, metrics and diagnostics over a whole split; the last partial batch counts like any other."""
+    layout = getattr(model, "layout", None)
+    quantile_targets = layout.quantile_targets if layout is not None and spec.targets else []
+    predicted, quantiles, loss_sum, n = [], [], 0.0, 0
+    diagnostics = _Diagnostics(model, spec)
+    for batch, outputs in _outputs_by_batch(model, rows, spec, device, batch_size):
+        if with_loss:
+            loss, _ = total_loss(outputs, batch, cfg, unifrac, None)
+            loss_sum += float(loss) * len(batch["sample_ids"])
         n += len(batch["sample_ids"])
+        diagnostics.add(outputs.get("diagnostics", {}))
         if spec.targets:
             predicted.append(outputs["prediction"].float().cpu().numpy())
-    metrics = {"loss": loss_sum / max(n, 1)}
+            if quantile_targets:
+                quantiles.append(outputs["quantiles"].float().cpu().numpy())
+    metrics = {"loss": loss_sum / max(n, 1)} if with_loss else {}
     actual = raw_targets(rows, spec.targets)
-    pred = np.concatenate(predicted) if predicted else np.zeros((0, len(spec.targets)))
-    if spec.transform is not None and len(pred):
-        pred = spec.transform.inverse(pred)
-    if spec.targets:
+    pred = _original_scale(predicted, (0, len(spec.targets)), spec, rows)
+    if spec.targets and with_loss:
         metrics.update(regression_metrics(actual, pred, spec.targets))
-    return Evaluation(rows.column("sample_id").to_pylist(), actual, pred, metrics)
+    metrics.update(diagnostics.means())
+    evaluation = Evaluation(rows.column("sample_id").to_pylist(), actual, pred, metrics)
+    if quantile_targets:
+        evaluation.quantile_names = [spec.targets[t] for t in quantile_targets]
+        evaluation.quantile_levels = list(layout.quantiles)
+        q_spec = dataclasses.replace(spec, quantile_targets=quantile_targets)
+        evaluation.quantiles = _original_scale(quantiles, (0, len(quantile_targets), len(layout.quantiles)),
+                                               q_spec, rows)
+    return evaluation
 
 
 def _finish(workdir, core, static, spec, cfg, unifrac, device, writer, best) -> dict:
@@ -322,14 +384,19 @@ def _finish(workdir, core, static, spec, cfg, unifrac, device, writer, best) -> 
 
 
 def _restore(state, core, optimizer, scheduler, masking, cfg, best, history, rank) -> int:
+    if (state["config"].get("categorical_lr", 0.0) > 0) != (cfg.categorical_lr > 0):
+        raise AamUserError("resume: categorical_lr can change its value but not be switched on or off "
+                           "(that changes the optimizer's parameter groups); start a new run instead")
     core.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    saved_lr = state["config"]["lr"]
-    if saved_lr != cfg.lr:
-        set_peak_lr(optimizer, scheduler, cfg.lr)
+    saved_lr, saved_cat_lr = state["config"]["lr"], state["config"].get("categorical_lr", 0.0)
+    if saved_lr != cfg.lr or saved_cat_lr != cfg.categorical_lr:
+        set_peak_lr(optimizer, scheduler, cfg.lr, cfg.categorical_lr)
         if rank == 0:
-            print(f"resume: peak learning rate {cfg.lr:g} replaces the checkpoint's {saved_lr:g}", flush=True)
+            also = (f" (categorical {cfg.categorical_lr:g} replaces {saved_cat_lr:g})"
+                    if cfg.categorical_lr != saved_cat_lr else "")
+            print(f"resume: peak learning rate {cfg.lr:g} replaces the checkpoint's {saved_lr:g}{also}", flush=True)
     best.epoch, best.score, best.metrics = state["best"]["epoch"], state["best"]["score"], state["best"]["metrics"]
     history.extend(state["history"])
     torch.set_rng_state(state["torch_rng"])

@@ -1,4 +1,11 @@
-"""Losses of a batch (pure torch): target, UniFrac distance, masked nucleotides, ASV counts.
+"""Losses of a batch (pure torch): target, UniFrac distance, masked nucleotides, ASV counts,
+and the mixture-of-experts load balance.
+
+The target loss is chosen per target (`target_loss`, overridden by `target_loss_map`):
+    mse, mae, huber(delta)   on the one output of that target
+    quantile                 pinball loss, averaged over the target's outputs, one per quantile
+    asymmetric               over * relu(pred - y) + under * relu(y - pred): e.g. under > over
+                             when predicting too young is worse than too old
 
 Every loss returns a scalar that stays attached to the graph even when it has nothing to score
 (`x.sum() * 0`): a worker whose batch happens to hold no target or no UniFrac pair still runs the
@@ -11,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from aam.config import RunConfig
+from aam.models.heads import MixtureOfExperts
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:
@@ -18,9 +26,20 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
     return like.sum() * 0.0
 
 
-def target_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, huber_delta: float = 1.0) -> torch.Tensor:
-    """Mean loss over the present (non-NaN) targets of pred/target [B, T]; 0 when none is present."""
+def target_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, huber_delta: float = 1.0,
+                quantiles=(0.1, 0.5, 0.9), over: float = 1.0, under: float = 1.0) -> torch.Tensor:
+    """Mean loss over the present (non-NaN) targets of pred/target [B, T]; 0 when none is present.
+
+    For `quantile`, pred is [B, Q] (one target's outputs, one per quantile) and target [B, 1].
+    """
     present = ~torch.isnan(target)
+    if kind == "quantile":
+        present = present[:, 0]
+        if not bool(present.any()):
+            return _zero(pred)
+        error = target[present].float() - pred[present].float()  # [N, Q]: > 0 is under-prediction
+        q = torch.as_tensor(quantiles, dtype=error.dtype, device=error.device)
+        return torch.maximum(q * error, (q - 1) * error).mean()
     if not bool(present.any()):
         return _zero(pred)
     p, t = pred[present].float(), target[present].float()
@@ -30,7 +49,23 @@ def target_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, huber_delta
         return F.l1_loss(p, t)
     if kind == "huber":
         return F.huber_loss(p, t, delta=huber_delta)
-    raise ValueError(f"target_loss: kind={kind!r} is not one of mse, mae, huber")
+    if kind == "asymmetric":
+        return (over * F.relu(p - t) + under * F.relu(t - p)).mean()
+    raise ValueError(f"target_loss: kind={kind!r} is not one of mse, mae, huber, quantile, asymmetric")
+
+
+def targets_loss(raw: torch.Tensor, targets: torch.Tensor, layout, cfg: RunConfig) -> torch.Tensor:
+    """Each target's own loss on its slice of the head outputs, averaged over targets.
+
+    Every target counts once whatever its scale: the targets are transformed (z-scored by
+    default), and a target with no value in this batch adds a graph-keeping 0.
+    """
+    losses = [
+        target_loss(raw[:, s], targets[:, t : t + 1], layout.losses[t], cfg.huber_delta, layout.quantiles,
+                    cfg.asymmetric_over, cfg.asymmetric_under)
+        for t, s in enumerate(layout.slices())
+    ]
+    return torch.stack(losses).mean()
 
 
 def unifrac_loss(
@@ -81,13 +116,23 @@ def total_loss(
 
     A term is skipped when its weight is 0 or its inputs are absent (no targets, no UniFrac
     matrix, no masked nucleotides, no count head). `gathered` = (embeddings, rows) from every
-    worker replaces the local ones for the UniFrac term (more pairs per step).
-    Parts keys: target, unifrac, nucleotide, count.
+    worker replaces the local ones for the UniFrac term (more pairs per step). The model's
+    `outputs["layout"]` (a `TargetLayout`) gives each target its own loss and outputs.
+    Parts keys: target, unifrac, nucleotide, count, moe_balance.
     """
     terms: list[tuple[float, str, torch.Tensor]] = []
     pred, targets = outputs["prediction"], batch.get("targets")
     if cfg.target_weight > 0 and targets is not None and targets.shape[-1] > 0 and pred.shape[-1] > 0:
-        terms.append((cfg.target_weight, "target", target_loss(pred, targets, cfg.target_loss, cfg.huber_delta)))
+        layout = outputs.get("layout")
+        if layout is None:  # one output per target, the default loss for all
+            loss = target_loss(pred, targets, cfg.target_loss, cfg.huber_delta, over=cfg.asymmetric_over,
+                               under=cfg.asymmetric_under)
+        else:
+            loss = targets_loss(outputs["raw_prediction"], targets, layout, cfg)
+        terms.append((cfg.target_weight, "target", loss))
+    gates = outputs.get("diagnostics", {}).get("gates")
+    if cfg.moe_balance_weight > 0 and gates is not None:
+        terms.append((cfg.moe_balance_weight, "moe_balance", MixtureOfExperts.balance_loss(gates)))
     if cfg.unifrac_weight > 0 and unifrac_matrix is not None:
         emb, rows = gathered if gathered is not None else (outputs["sample_embedding"], batch["unifrac_row"])
         terms.append((cfg.unifrac_weight, "unifrac", unifrac_loss(emb, rows, unifrac_matrix)))

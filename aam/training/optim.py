@@ -2,15 +2,33 @@
 
 Warm-up is a fraction, not a step count, so a short run never spends its whole life warming up
 (an upstream bug: a fixed warm-up longer than the run).
+
+Two parameter groups when `categorical_lr` is set: every categorical parameter (embeddings,
+fusion, category router, per-category affine) at its own peak rate, the rest at `lr`. Category
+embeddings are sparse (a row sees only its category's samples) and often want a higher rate.
 """
 
 import math
 
 import torch
 
+GROUP_NAMES = ("main", "categorical")
 
-def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
+
+def make_optimizer(model, cfg) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters of `model` (an AAM), grouped as described above."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    categorical = {id(p) for p in model.categorical_parameters() if p.requires_grad} if cfg.categorical_lr > 0 else set()
+    groups = [{"params": [p for p in trainable if id(p) not in categorical], "lr": cfg.lr, "name": "main"}]
+    if categorical:
+        groups.append({"params": [p for p in trainable if id(p) in categorical], "lr": cfg.categorical_lr,
+                       "name": "categorical"})
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The current rate of every group, keyed as the metrics log them: lr, lr_categorical."""
+    return {("lr" if g.get("name", "main") == "main" else f"lr_{g['name']}"): g["lr"] for g in optimizer.param_groups}
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: float):
@@ -26,9 +44,12 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fra
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def set_peak_lr(optimizer: torch.optim.Optimizer, scheduler, lr: float) -> None:
-    """Change the peak learning rate of a restored optimizer; the schedule's shape is kept."""
-    scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
-    for group, f in zip(optimizer.param_groups, [scheduler.lr_lambdas[0]] * len(optimizer.param_groups)):
-        group["initial_lr"] = lr
-        group["lr"] = lr * f(scheduler.last_epoch)
+def set_peak_lr(optimizer: torch.optim.Optimizer, scheduler, lr: float, categorical_lr: float = 0.0) -> None:
+    """Change the peak learning rates of a restored optimizer; the schedule's shape is kept."""
+    f = scheduler.lr_lambdas[0]
+    peaks = [categorical_lr if g.get("name") == "categorical" and categorical_lr > 0 else lr
+             for g in optimizer.param_groups]
+    scheduler.base_lrs = list(peaks)
+    for group, peak in zip(optimizer.param_groups, peaks):
+        group["initial_lr"] = peak
+        group["lr"] = peak * f(scheduler.last_epoch)

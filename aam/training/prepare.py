@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from aam.config import RunConfig
-from aam.data.collate import raw_targets
+from aam.data.collate import category_codes, raw_targets
 from aam.data.dataset import Dataset
 from aam.data.transforms import TargetTransform
 from aam.errors import AamUserError
@@ -37,15 +37,14 @@ def load_static(cfg: RunConfig) -> tuple[StaticData, pa.Table]:
         raise AamUserError("data: no dataset folder given; pass --data DATASET_DIR (made by `aam convert`)")
     dataset = Dataset.open(cfg.data)
     targets = resolve_targets(cfg, dataset)
+    cfg.check_dataset(targets, list(dataset.categoricals), where="config")
     splits = {name: dataset.split(name) for name in ("train", "val", "test")}
     if splits["train"].num_rows < 2:
         raise AamUserError(f"{dataset.path}: the train split has {splits['train'].num_rows} samples; need at least 2")
     train_rows = splits["train"]
     if cfg.train_on_val:
         train_rows = pa.concat_tables([splits["train"], splits["val"]])
-    transform = None
-    if targets:
-        transform = TargetTransform.fit(cfg.target_transform, targets, raw_targets(train_rows, targets))
+    transform = fit_transform(cfg, targets, train_rows)
     static = StaticData(
         tokens=dataset.tokens,
         token_width=int(dataset.token_width),
@@ -58,16 +57,48 @@ def load_static(cfg: RunConfig) -> tuple[StaticData, pa.Table]:
         sample_lists={k: v.column("sample_id").to_pylist() for k, v in splits.items()},
         n_train=train_rows.num_rows,
         dataset_path=str(dataset.path),
+        asv_vectors=encode_asvs(cfg, dataset.tokens) if cfg.freeze_encoder and cfg.cache_asv_vectors else None,
     )
     return static, train_rows
 
 
+def encode_asvs(cfg: RunConfig, tokens: np.ndarray) -> np.ndarray:
+    """Every ASV of the dataset through the frozen pretrained ASV encoder, once.
+
+    A search over heads, losses or fusion on a frozen encoder then never runs the nucleotide
+    transformer (nearly all of a training step): its trials share these vectors.
+    """
+    import torch
+
+    from aam.training.checkpoint import load_model
+
+    bundle = load_model(cfg.pretrained_encoder)
+    if bundle.token_width < tokens.shape[1]:
+        raise AamUserError(f"pretrained_encoder={cfg.pretrained_encoder}: trained on sequences of up to "
+                           f"{bundle.token_width} bp, this dataset has {tokens.shape[1]} bp; use the same trimming")
+    bundle.model.freeze_encoder()
+    vectors = bundle.model.encode_all_asvs(torch.from_numpy(tokens.astype(np.int64)))
+    return vectors.float().numpy()
+
+
+def fit_transform(cfg: RunConfig, targets: list[str], train_rows: pa.Table) -> TargetTransform | None:
+    """The target transform `cfg` asks for, fitted on the training rows only."""
+    if not targets:
+        return None
+    by = list(cfg.transform_by) if cfg.target_transform == "zscore-category" else []
+    return TargetTransform.fit(cfg.target_transform, targets, raw_targets(train_rows, targets), by,
+                               category_codes(train_rows, by))
+
+
 def refit_transform(cfg: RunConfig, static: StaticData, train_rows: pa.Table) -> StaticData:
     """The same data with the target transform `cfg` asks for (a search may vary it per trial)."""
-    if not static.targets or static.transform.kind == cfg.target_transform:
+    if not static.targets:
         return static
-    transform = TargetTransform.fit(cfg.target_transform, static.targets, raw_targets(train_rows, static.targets))
-    return dataclasses.replace(static, transform=transform)
+    by = list(cfg.transform_by) if cfg.target_transform == "zscore-category" else []
+    if static.transform.kind == cfg.target_transform and static.transform.by == by:
+        return static
+    cfg.check_dataset(static.targets, list(static.categoricals))
+    return dataclasses.replace(static, transform=fit_transform(cfg, static.targets, train_rows))
 
 
 CALIBRATION_SAMPLES = 256

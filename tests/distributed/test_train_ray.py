@@ -38,7 +38,8 @@ def test_predict_rebuilds_the_model_from_the_run_folder_and_matches_test_predict
     from aam.training.predict import predict_table
 
     _, out, _ = two_worker_run
-    frame = predict_table(out, path("mouse_age_mini") / "feature-table.biom")
+    frame, notes = predict_table(out, path("mouse_age_mini") / "feature-table.biom")
+    assert notes == []  # this model reads no categorical column: nothing to say
     saved = pd.read_csv(out / "test_predictions.tsv", sep="\t")
     merged = saved.merge(frame, on="sample_id", suffixes=("_run", "_new"))
     assert len(merged) == len(saved) > 0

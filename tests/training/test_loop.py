@@ -68,7 +68,7 @@ def test_checkpoint_alone_rebuilds_the_model_and_reproduces_test_predictions(fin
     spec = BatchSpec(static.tokens, bundle.targets, list(bundle.categoricals), cfg.token_limit, bundle.transform)
     predicted = predict_rows(bundle.model, static.eval_rows["test"], spec, torch.device("cpu"), batch_size=7)
     saved = pd.read_csv(folder / "test_predictions.tsv", sep="\t")["Age_wk_predicted"].to_numpy()
-    np.testing.assert_allclose(predicted[:, 0], saved, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(predicted.predicted[:, 0], saved, rtol=1e-5, atol=1e-5)
 
 
 class Interrupted(Exception):
