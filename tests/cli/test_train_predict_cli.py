@@ -80,3 +80,11 @@ def test_train_then_predict_from_the_command_line(example_dataset, tmp_path):
     assert len(new) == 160 and set(test["sample_id"]) <= set(new["sample_id"])
     merged = test.merge(new, on="sample_id", suffixes=("", "_new"))
     assert (merged["Age_wk_predicted"] - merged["Age_wk_predicted_new"]).abs().max() < 1e-5
+
+
+def test_categorical_help_names_every_fusion_without_needing_other_flags():
+    result = aam("train", "--categorical-help")
+    assert result.returncode == 0, result.stderr
+    for fusion in ("off", "concat", "add", "gmu", "cross-attention", "perceiver"):
+        assert f"\n  {fusion} " in result.stdout
+    assert "--moe-router" in result.stdout and "zscore-category" in result.stdout
