@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,17 @@ class Session:
         return None
 
 
+def mixed_precision(cfg: RunConfig, device: torch.device):
+    """bf16 autocast for the training step: `auto` uses it on a GPU that supports it, `bf16`
+    anywhere (on CPU it is mostly a way to test the path), `fp32` never. The losses, softmaxes and
+    pooling weights are computed in fp32 inside the model whatever this says; evaluation always
+    runs in fp32 so metrics do not depend on it."""
+    use = cfg.precision == "bf16" or (
+        cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use else contextlib.nullcontext()
+
+
 def batch_spec(cfg: RunConfig, static: StaticData) -> BatchSpec:
     return BatchSpec(static.tokens, static.targets, list(static.categoricals), cfg.token_limit, static.transform,
                      pad_to_limit=cfg.pad_to_token_limit, dedupe=cfg.dedupe_asvs)
@@ -167,13 +179,14 @@ def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
             if rows.num_rows < 2:  # a lone last sample: BatchNorm needs two (shards are equal, so all ranks skip)
                 continue
             batch = move_to(collate(rows, spec), device)
-            outputs = model(batch, mask_nucleotides=True, generator=masking)
-            gathered = None
-            if unifrac is not None and cfg.unifrac_weight > 0:
-                gathered = session.all_gather_embeddings(
-                    outputs["sample_embedding"], batch["unifrac_row"], cfg.batch_size
-                )
-            loss, parts = total_loss(outputs, batch, cfg, unifrac, gathered)
+            with mixed_precision(cfg, device):
+                outputs = model(batch, mask_nucleotides=True, generator=masking)
+                gathered = None
+                if unifrac is not None and cfg.unifrac_weight > 0:
+                    gathered = session.all_gather_embeddings(
+                        outputs["sample_embedding"], batch["unifrac_row"], cfg.batch_size
+                    )
+                loss, parts = total_loss(outputs, batch, cfg, unifrac, gathered)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

@@ -95,3 +95,14 @@ def test_a_frozen_encoder_with_the_asv_cache_trains_the_same_model_as_without(op
         torch.testing.assert_close(value, results[False][1][key], rtol=1e-4, atol=1e-5)
     assert results[True][0]["val_mae"] == pytest.approx(results[False][0]["val_mae"], rel=1e-4)
     assert json.loads((folder / "config.json").read_text())["categorical_fusion"] == "gmu"
+
+
+def test_bf16_autocast_trains_to_finite_scores_close_to_fp32(example_dataset):
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        cfg = tiny_cfg(example_dataset, epochs=1, precision=precision)
+        static, rows = load_static(cfg)
+        scores[precision] = fit(cfg, static, Session(rows, cfg.seed, verbose=False))["val_mae"]
+    assert np.isfinite(scores["bf16"])
+    assert scores["bf16"] != scores["fp32"]  # the bf16 path did run
+    assert scores["bf16"] == pytest.approx(scores["fp32"], rel=0.2)  # same seed, bf16 rounding only
