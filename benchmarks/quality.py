@@ -1,0 +1,225 @@
+"""Test-split quality: the tuned model vs the Random Forest baseline, per dataset.
+
+For every --data LABEL=DIR, three CLI steps as subprocesses (each `aam` command starts and stops
+its own embedded Ray where it needs one):
+
+  1. search    aam tune SPACE --data DIR --storage-path WORK/experiments --name quality-LABEL
+  2. retrain   aam train --best-of WORK/experiments/quality-LABEL --data DIR --out WORK/runs/LABEL
+               (the best trial's config, selected on val, trained again to completion; its best
+               epoch on val is kept and scores the test split once; --train-seeds N trains N seeds
+               and averages them)
+  3. baseline  aam baseline rf --data DIR --out WORK/rf/LABEL [--max-features F]
+               (fitted on the same train split, scored on the same test split)
+
+The test split is never used for selection: the search ranks trials on val, the retrain picks
+its epoch on val, the forest is fitted on train only. The table gives test MAE and R² of both
+(the mean over targets, and each target in the JSON) and which one wins on each.
+
+    python benchmarks/quality.py --space search_spaces/count_embed.yaml --data mouse_random=/tmp/e2e/mouse \\
+        --rf-max-features 0.3 --keep /tmp/quality --out benchmarks/results/quality.json
+    python benchmarks/quality.py --space TINY.yaml --data mini=/tmp/bench/mini --rf-n-estimators 50   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_average, machine_info, print_machine, print_table, write_json  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SCORES = ("test_mae", "test_r2", "test_rmse", "val_mae", "val_r2")
+
+
+def parse_data(values: list[str]) -> dict[str, Path]:
+    """`LABEL=DIR` (or just `DIR`, labelled by its folder name) -> {label: absolute dir}."""
+    out: dict[str, Path] = {}
+    for value in values:
+        label, sep, folder = value.partition("=")
+        if not sep:
+            label, folder = Path(value).name, value
+        label = label.strip()
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", label):
+            raise SystemExit(f"--data {value}: the label may hold letters, digits, '_', '-' and '.' only")
+        if label in out:
+            raise SystemExit(f"--data {value}: label '{label}' given twice")
+        path = Path(folder).expanduser().resolve()
+        if not path.is_dir():
+            raise SystemExit(f"--data {value}: no such dataset folder {path}")
+        out[label] = path
+    if not out:
+        raise SystemExit("give at least one --data LABEL=DIR")
+    return out
+
+
+def winner(model: float | None, rf: float | None, higher_is_better: bool) -> str:
+    if model is None or rf is None or math.isnan(model) or math.isnan(rf):
+        return "n/a"
+    if model == rf:
+        return "tie"
+    return "model" if (model > rf) == higher_is_better else "RF"
+
+
+def step(name: str, cmd: list[str], log: Path) -> float:
+    print(f"  {name}: {' '.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed ({proc.returncode}): {' '.join(cmd)}\n{log.read_text()[-4000:]}")
+    print(f"    {wall:.0f} s", flush=True)
+    return wall
+
+
+def model_scores(run: Path) -> dict:
+    """Test (and val) scores of the retrained model: summary.json's mean over seeds (written by
+    --best-of), else the last epoch's metrics of metrics.json."""
+    summary = run / "summary.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        scores = dict(data.get("mean", {}))
+        scores["seeds"] = len(data.get("seeds", {}))
+        if "stdev" in data:
+            scores["stdev"] = data["stdev"]
+        if "trial" in data:
+            scores["search_trial"] = data["trial"]
+        return scores
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    return {k: v for k, v in history[-1].items() if k.startswith(("val_", "test_"))}
+
+
+def rf_scores(folder: Path) -> dict:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    info = json.loads((folder / "baseline.json").read_text())
+    return {**{k: v for k, v in metrics.items() if v is not None}, "baseline": info}
+
+
+def best_trial(experiment: Path) -> dict:
+    from aam.distributed.experiment import read_experiment
+
+    exp = read_experiment(experiment)
+    best = exp.best()
+    return {"trial": best.path.name, "metric": exp.metric, "score": best.best, "epoch": best.best_epoch,
+            "trials": len(exp.trials), "searched": {k: best.config.get(k) for k in exp.searched}}
+
+
+def run_dataset(label: str, data: Path, args, work: Path) -> dict:
+    aam = str(Path(sys.executable).with_name("aam"))
+    experiment = work / "experiments" / f"quality-{label}"
+    run, rf = work / "runs" / label, work / "rf" / label
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    walls = {}
+    walls["tune_s"] = step("search", [aam, "tune", str(args.space), "--data", str(data), "--storage-path",
+                                      str(experiment.parent), "--name", experiment.name], logs / f"{label}-tune.log")
+    best = best_trial(experiment)
+    train_cmd = [aam, "train", "--best-of", str(experiment), "--data", str(data), "--out", str(run)]
+    if args.train_seeds > 1:
+        train_cmd += ["--seeds", str(args.train_seeds)]
+    walls["train_s"] = step("retrain", train_cmd, logs / f"{label}-train.log")
+    rf_cmd = [aam, "baseline", "rf", "--data", str(data), "--out", str(rf), "--n-estimators",
+              str(args.rf_n_estimators), "--n-jobs", str(args.rf_n_jobs), "--seed", str(args.rf_seed)]
+    if args.rf_max_features:
+        rf_cmd += ["--max-features", args.rf_max_features]
+    walls["rf_s"] = step("baseline", rf_cmd, logs / f"{label}-rf.log")
+    model, forest = model_scores(run), rf_scores(rf)
+    return {
+        "data": str(data),
+        "experiment": str(experiment),
+        "best_trial": best,
+        "model": model,
+        "rf": forest,
+        "winner_mae": winner(model.get("test_mae"), forest.get("test_mae"), higher_is_better=False),
+        "winner_r2": winner(model.get("test_r2"), forest.get("test_r2"), higher_is_better=True),
+        "wall": walls,
+        "commands": {"train": " ".join(train_cmd), "rf": " ".join(rf_cmd)},
+        "load_average_end": load_average(),
+    }
+
+
+def print_results(results: dict, space_name: str, train_seeds: int) -> None:
+    rows = []
+    metric = next(iter(results.values()))["best_trial"]["metric"] if results else "val"
+    for label, r in results.items():
+        m, f = r["model"], r["rf"]
+        # the retrain's val score at its kept (best) epoch; summary.json's val_mae is the last epoch's
+        retrained_val = m.get("search_trial", {}).get("retrained", m.get("val_mae"))
+        rows.append([label, m.get("test_mae"), m.get("test_r2"), f.get("test_mae"), f.get("test_r2"),
+                     r["winner_mae"], r["winner_r2"], r["best_trial"]["score"], retrained_val, f.get("val_mae")])
+    print_table(["dataset", "model test MAE", "model test R²", "RF test MAE", "RF test R²", "MAE winner",
+                 "R² winner", f"search best {metric}", f"retrained {metric}", "RF val MAE"], rows,
+                title=f"test split: tuned model ({space_name}, best trial retrained"
+                      f"{f', {train_seeds} seeds' if train_seeds > 1 else ''}) vs Random Forest")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", action="append", default=[], metavar="LABEL=DIR",
+                        help="dataset folder from `aam convert`, with a label (repeatable)")
+    parser.add_argument("--space", required=True, type=Path, help="search-space YAML for `aam tune`")
+    parser.add_argument("--train-seeds", type=int, default=1, help="seeds of the best-of retrain, averaged "
+                        "(`aam train --seeds`; default 1)")
+    parser.add_argument("--rf-max-features", help="`aam baseline rf --max-features` (default: sklearn's, all ASVs)")
+    parser.add_argument("--rf-n-estimators", type=int, default=500, help="trees per forest (default 500)")
+    parser.add_argument("--rf-n-jobs", type=int, default=1, help="cores the forest grows trees on (default 1)")
+    parser.add_argument("--rf-seed", type=int, default=0, help="seed of the forest (default 0)")
+    parser.add_argument("--keep", help="folder for experiments, runs, forests and logs (default: a temp folder, "
+                        "removed at the end)")
+    parser.add_argument("--out", help="results JSON (default benchmarks/results/quality-<labels>.json)")
+    args = parser.parse_args(argv)
+    datasets = parse_data(args.data)
+    args.space = args.space.resolve()
+    if not args.space.is_file():
+        raise SystemExit(f"--space {args.space}: no such file")
+    from aam.distributed.space import load_space
+
+    load_space(args.space)  # every check of `aam tune`, before any run (data comes per dataset)
+
+    info = machine_info()
+    info["RAY_ADDRESS"] = os.environ.get("RAY_ADDRESS")
+    print_machine(info)
+    work = Path(args.keep or tempfile.mkdtemp(prefix="aam-bench-quality-")).resolve()
+    if args.keep and (work / "experiments").is_dir() and any((work / "experiments").iterdir()):
+        raise SystemExit(f"--keep {work}: already holds experiments; choose a new folder")
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"space {args.space}; work folder {work}")
+    started = time.perf_counter()
+    results = {}
+    try:
+        for label, data in datasets.items():
+            print(f"{label}: {data}", flush=True)
+            results[label] = run_dataset(label, data, args, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    wall = time.perf_counter() - started
+
+    print_results(results, args.space.name, args.train_seeds)
+    print(f"\nwall: {wall:.0f} s in all")
+    payload = {
+        "benchmark": "quality",
+        "space": str(args.space),
+        "space_text": args.space.read_text(),
+        "rf": {"max_features": args.rf_max_features, "n_estimators": args.rf_n_estimators, "seed": args.rf_seed},
+        "train_seeds": args.train_seeds,
+        "results": results,
+        "wall_s": wall,
+        "machine": info,
+    }
+    write_json(args.out, f"quality-{'-'.join(datasets)}.json", payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""Training throughput (samples/s): the fast batch path against the reference (slow) paths.
+
+One training step is what `aam.training.loop.fit` does per batch: collate -> forward (with the
+masked-nucleotide and count tasks) -> `total_loss` -> backward -> gradient clipping -> AdamW
+step -> LR schedule step. Variants (each a run-config switch, see `aam.data.collate`):
+
+    fast        defaults: pad to the batch's longest sample, each distinct ASV encoded once
+    pad_limit   pad_to_token_limit=true (every sample padded to token_limit, full token width)
+    no_dedupe   dedupe_asvs=false (one encoder row per ASV slot, shared ASVs encoded again)
+    reference   both switches: the straightforward implementation
+
+Every variant gets its own model (same seed, so the same initial weights) and optimizer, and
+sees the same batches (the same rows in the same order). The variants take turns step by step,
+in a rotating order, so noise from other processes on the machine hits all of them alike.
+The first --warmup steps of each variant are not counted.
+
+    python benchmarks/throughput.py --data /tmp/bench/mouse --steps 10
+    python benchmarks/throughput.py --data /tmp/bench/mini --steps 2 --warmup 1   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, print_machine, print_table, write_json  # noqa: E402
+
+from aam.config import RunConfig  # noqa: E402
+from aam.data.collate import collate  # noqa: E402
+from aam.training.losses import total_loss  # noqa: E402
+from aam.training.loop import batch_spec  # noqa: E402
+from aam.training.optim import make_optimizer, warmup_cosine  # noqa: E402
+from aam.training.prepare import load_static  # noqa: E402
+
+VARIANTS = {
+    "fast": {},
+    "pad_limit": {"pad_to_token_limit": True},
+    "no_dedupe": {"dedupe_asvs": False},
+    "reference": {"pad_to_token_limit": True, "dedupe_asvs": False},
+}
+REPORTED_CONFIG = ("d_model", "n_heads", "asv_layers", "sample_layers", "ff_mult", "nucleotide_patch",
+                   "token_limit", "batch_size", "count_embed", "mask_prob", "count_head", "precision")
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE, e.g. --set d_model=32")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def training_batches(train_rows, batch_size: int, n: int, seed: int) -> list:
+    """`n` full batches of training rows, shuffled per epoch as the loop's `Session` does."""
+    if train_rows.num_rows < 2:
+        raise SystemExit("the train split has fewer than 2 samples")
+    size = min(batch_size, train_rows.num_rows)
+    out, epoch = [], 0
+    while len(out) < n:
+        order = np.random.default_rng([seed, epoch, 0]).permutation(train_rows.num_rows)
+        for start in range(0, len(order) - size + 1, size):
+            out.append(train_rows.take(order[start : start + size]))
+            if len(out) == n:
+                break
+        epoch += 1
+    return out
+
+
+def _optimizer(model, cfg: RunConfig):
+    """`make_optimizer` as `fit` calls it (its signature changed from (params, lr, wd) to (model, cfg))."""
+    if "cfg" in inspect.signature(make_optimizer).parameters:
+        return make_optimizer(model, cfg)
+    return make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+
+
+class Trainer:
+    """One variant's model + optimizer, stepping exactly as `fit` does."""
+
+    def __init__(self, cfg: RunConfig, static, total_steps: int):
+        from aam.models import AAM
+
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.model = AAM(cfg, n_targets=len(static.targets), token_width=static.token_width).train()
+        self.optimizer = _optimizer(self.model, cfg)
+        self.scheduler = warmup_cosine(self.optimizer, total_steps, cfg.warmup_frac)
+        self.spec = batch_spec(cfg, static)
+        self.unifrac = torch.tensor(static.unifrac) if static.unifrac is not None else None
+        self.masking = torch.Generator().manual_seed(cfg.seed * 7919)
+        self.collate_s: list[float] = []
+        self.step_s: list[float] = []
+        self.samples: list[int] = []
+        self.shapes: list[tuple[int, int, int]] = []  # tokens rows, token width, slots per sample
+
+    def step(self, rows, record: bool) -> float:
+        t0 = time.perf_counter()
+        batch = collate(rows, self.spec)
+        t1 = time.perf_counter()
+        outputs = self.model(batch, mask_nucleotides=True, generator=self.masking)
+        loss, _ = total_loss(outputs, batch, self.cfg, self.unifrac, None)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        value = float(loss.detach())
+        t2 = time.perf_counter()
+        if record:
+            self.collate_s.append(t1 - t0)
+            self.step_s.append(t2 - t1)
+            self.samples.append(rows.num_rows)
+            self.shapes.append((*batch["tokens"].shape, batch["asv_mask"].shape[1]))
+        return value
+
+    def summary(self) -> dict:
+        total = sum(self.collate_s) + sum(self.step_s)
+        per_step = [c + s for c, s in zip(self.collate_s, self.step_s)]
+        return {
+            "steps": len(per_step),
+            "samples": sum(self.samples),
+            "seconds": total,
+            "samples_per_s": sum(self.samples) / total if total else float("nan"),
+            "median_step_s": statistics.median(per_step) if per_step else float("nan"),
+            "collate_s_per_step": sum(self.collate_s) / max(len(per_step), 1),
+            "mean_token_rows": float(np.mean([s[0] for s in self.shapes])) if self.shapes else None,
+            "mean_token_width": float(np.mean([s[1] for s in self.shapes])) if self.shapes else None,
+            "mean_slots": float(np.mean([s[2] for s in self.shapes])) if self.shapes else None,
+        }
+
+
+def measure(base: RunConfig, variants: dict[str, dict], steps: int, warmup: int, static=None, train_rows=None,
+            verbose: bool = True) -> dict[str, dict]:
+    """samples/s of each variant over the same `warmup + steps` batches, the variants interleaved."""
+    if static is None:
+        static, train_rows = load_static(base)
+    batches = training_batches(train_rows, base.batch_size, warmup + steps, base.seed)
+    trainers = {name: Trainer(base.replace(**changes), static, warmup + steps) for name, changes in variants.items()}
+    names = list(trainers)
+    for i, rows in enumerate(batches):
+        order = names[i % len(names):] + names[: i % len(names)]  # rotate who goes first
+        for name in order:
+            trainers[name].step(rows, record=i >= warmup)
+        if verbose:
+            done = "warm-up" if i < warmup else f"step {i - warmup + 1}/{steps}"
+            last = "  ".join(f"{n} {trainers[n].step_s[-1]:.2f}s" for n in names if trainers[n].step_s and i >= warmup)
+            print(f"  {done}  {last}", flush=True)
+    return {name: t.summary() for name, t in trainers.items()}
+
+
+def dataset_stats(train_rows, token_limit: int) -> dict:
+    lengths = np.diff(train_rows.column("asv_idx").combine_chunks().offsets.to_numpy())
+    return {
+        "train_samples": int(train_rows.num_rows),
+        "asvs_per_sample_median": float(np.median(lengths)),
+        "asvs_per_sample_max": int(lengths.max()),
+        "samples_over_token_limit": int((lengths > token_limit).sum()),
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="dataset folder from `aam convert`")
+    parser.add_argument("--steps", type=int, default=10, help="measured steps per variant (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="steps per variant not counted (default 2)")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change the reference config (run-config key), e.g. --set d_model=32")
+    parser.add_argument("--out", help="results JSON (default benchmarks/results/throughput-<data>.json)")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    base = RunConfig().replace(data=args.data, **parse_overrides(args.set))
+    info = machine_info()
+    print_machine(info)
+    config = {k: getattr(base, k) for k in REPORTED_CONFIG}
+    print("config: " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    static, train_rows = load_static(base)
+    stats = dataset_stats(train_rows, base.token_limit)
+    print(f"data: {args.data}: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    print(f"{args.warmup} warm-up + {args.steps} measured steps per variant, variants interleaved")
+
+    started = time.perf_counter()
+    results = measure(base, {v: VARIANTS[v] for v in chosen}, args.steps, args.warmup, static, train_rows)
+    wall = time.perf_counter() - started
+
+    fast = results.get("fast", {}).get("samples_per_s")
+    rows = []
+    for name, r in results.items():
+        speedup = fast / r["samples_per_s"] if fast else None
+        rows.append([name, r["samples_per_s"], r["median_step_s"], r["collate_s_per_step"],
+                     r["mean_token_rows"], r["mean_token_width"], r["mean_slots"],
+                     f"{speedup:.2f}x" if speedup else "-"])
+    print_table(["variant", "samples/s", "median step s", "collate s/step", "tokens rows", "token width",
+                 "slots", "fast/this"], rows, title=f"training throughput on {args.data} ({args.steps} steps each)")
+    ratio = None
+    if fast and "reference" in results:
+        ratio = fast / results["reference"]["samples_per_s"]
+        print(f"\nfast / reference = {ratio:.2f}x")
+    payload = {
+        "benchmark": "throughput",
+        "data": str(Path(args.data).resolve()),
+        "dataset": stats,
+        "config": config,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "variants": {v: VARIANTS[v] for v in chosen},
+        "results": results,
+        "fast_over_reference": ratio,
+        "wall_s": wall,
+        "machine": info,
+    }
+    write_json(args.out, f"throughput-{Path(args.data).name}.json", payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
