@@ -307,6 +307,8 @@ class AAM(nn.Module):
         # every ASV vector of the dataset, computed once by a frozen encoder (see use_asv_cache);
         # not persistent: a checkpoint never carries it
         self.register_buffer("asv_cache", None, persistent=False)
+        self.register_buffer("sample_cache", None, persistent=False)
+        self.sample_rows: dict[str, int] = {}
         self.apply(self._init_weights)
         if self.head is not None and self.head.affine is not None:
             nn.init.zeros_(self.head.affine.weight)  # every category starts at scale 1, bias 0
@@ -392,12 +394,16 @@ class AAM(nn.Module):
 
         # a frozen encoder needs no autograd graph: cheaper in time and memory
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
-            if self.asv_cache is not None and "asv_ids" in batch:
-                asv_vectors = self.asv_cache[batch["asv_ids"]]  # the nucleotide transformer never runs
+            cached = self._cached_samples(batch)
+            if cached is not None:  # neither transformer runs
+                sample_vec, slot_states = cached, None
             else:
-                asv_vectors, _ = self.asv_encoder(tokens)  # each distinct ASV once
-            slots = asv_vectors[asv_index]  # [B, S, D]: scatter to the samples that hold them
-            sample_vec, slot_states = self.sample_encoder(slots, asv_mask, log_counts, no_hidden)
+                if self.asv_cache is not None and "asv_ids" in batch:
+                    asv_vectors = self.asv_cache[batch["asv_ids"]]  # the nucleotide transformer never runs
+                else:
+                    asv_vectors, _ = self.asv_encoder(tokens)  # each distinct ASV once
+                slots = asv_vectors[asv_index]  # [B, S, D]: scatter to the samples that hold them
+                sample_vec, slot_states = self.sample_encoder(slots, asv_mask, log_counts, no_hidden)
 
         out["sample_embedding"] = sample_vec
         diagnostics: dict[str, torch.Tensor] = {}
@@ -493,6 +499,24 @@ class AAM(nn.Module):
         if not self.encoder_frozen:
             raise ValueError("an ASV-vector cache needs a frozen encoder (freeze_encoder)")
         self.asv_cache = vectors.to(next(self.parameters()).device)
+
+    def use_sample_cache(self, sample_ids: list[str], vectors: torch.Tensor) -> None:
+        """Read the sample vectors of these samples from `vectors` [n, D] instead of running either
+        encoder (frozen encoders only; a sample not listed is encoded as usual). Exact because a
+        frozen encoder runs in eval mode on clean counts. The perceiver fusion reads the ASV states
+        as well, so it cannot use this."""
+        if not self.encoder_frozen or self.cfg.categorical_fusion == "perceiver":
+            raise ValueError("a sample-vector cache needs frozen encoders and no perceiver fusion")
+        self.sample_rows = {s: i for i, s in enumerate(sample_ids)}
+        self.sample_cache = vectors.to(next(self.parameters()).device)
+
+    def _cached_samples(self, batch: dict) -> torch.Tensor | None:
+        if self.sample_cache is None or "sample_ids" not in batch:
+            return None
+        rows = [self.sample_rows.get(s, -1) for s in batch["sample_ids"]]
+        if min(rows, default=-1) < 0:
+            return None
+        return self.sample_cache[torch.tensor(rows, device=self.sample_cache.device)]
 
     def train(self, mode: bool = True) -> "AAM":
         super().train(mode)

@@ -55,6 +55,11 @@ class StaticData:
     # with a frozen pretrained encoder: every ASV vector of the dataset, computed once and shared
     # by every epoch, worker and trial (see prepare.encode_asvs)
     asv_vectors: np.ndarray | None = None
+    # and every sample's vector from the frozen sample encoder at `cache_token_limit` (a trial that
+    # searches token_limit, or uses the perceiver fusion, falls back to the ASV vectors)
+    sample_ids: list[str] = field(default_factory=list)
+    sample_vectors: np.ndarray | None = None
+    cache_token_limit: int = 0
 
 
 class Session:
@@ -147,6 +152,9 @@ def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
             model.freeze_encoder()
             if cfg.cache_asv_vectors and static.asv_vectors is not None:
                 model.use_asv_cache(torch.from_numpy(np.array(static.asv_vectors)))
+                if (static.sample_vectors is not None and static.cache_token_limit == cfg.token_limit
+                        and cfg.categorical_fusion != "perceiver"):
+                    model.use_sample_cache(static.sample_ids, torch.from_numpy(np.array(static.sample_vectors)))
     model.to(device)
     core = model
     model = session.prepare_model(model)

@@ -57,28 +57,44 @@ def load_static(cfg: RunConfig) -> tuple[StaticData, pa.Table]:
         sample_lists={k: v.column("sample_id").to_pylist() for k, v in splits.items()},
         n_train=train_rows.num_rows,
         dataset_path=str(dataset.path),
-        asv_vectors=encode_asvs(cfg, dataset.tokens) if cfg.freeze_encoder and cfg.cache_asv_vectors else None,
     )
+    if cfg.freeze_encoder and cfg.cache_asv_vectors:
+        static = encode_frozen(cfg, static, pa.concat_tables(list(splits.values())))
     return static, train_rows
 
 
-def encode_asvs(cfg: RunConfig, tokens: np.ndarray) -> np.ndarray:
-    """Every ASV of the dataset through the frozen pretrained ASV encoder, once.
+def encode_frozen(cfg: RunConfig, static: StaticData, rows: pa.Table) -> StaticData:
+    """Every ASV, then every sample, of the dataset through the frozen pretrained encoders, once.
 
     A search over heads, losses or fusion on a frozen encoder then never runs the nucleotide
-    transformer (nearly all of a training step): its trials share these vectors.
+    transformer (nearly all of a training step), nor the sample transformer (most of the rest):
+    its trials share these vectors. Measured in benchmarks/asv_cache.py.
     """
     import torch
 
+    from aam.data.collate import BatchSpec, collate
     from aam.training.checkpoint import load_model
 
     bundle = load_model(cfg.pretrained_encoder)
-    if bundle.token_width < tokens.shape[1]:
+    if bundle.token_width < static.tokens.shape[1]:
         raise AamUserError(f"pretrained_encoder={cfg.pretrained_encoder}: trained on sequences of up to "
-                           f"{bundle.token_width} bp, this dataset has {tokens.shape[1]} bp; use the same trimming")
-    bundle.model.freeze_encoder()
-    vectors = bundle.model.encode_all_asvs(torch.from_numpy(tokens.astype(np.int64)))
-    return vectors.float().numpy()
+                           f"{bundle.token_width} bp, this dataset has {static.tokens.shape[1]} bp; use the same trimming")
+    model = bundle.model
+    model.freeze_encoder()
+    asv_vectors = model.encode_all_asvs(torch.from_numpy(static.tokens.astype(np.int64)))
+    spec = BatchSpec(static.tokens, [], [], cfg.token_limit, None)
+    chunks = []
+    with torch.no_grad():  # the encoders' part of AAM.forward, without its heads
+        for start in range(0, rows.num_rows, 128):
+            batch = collate(rows.slice(start, 128), spec)
+            slots = asv_vectors[batch["asv_ids"]][batch["asv_index"]]
+            hidden = torch.zeros_like(batch["asv_mask"])
+            vectors, _ = model.sample_encoder(slots, batch["asv_mask"], torch.log1p(batch["counts"]), hidden)
+            chunks.append(vectors.float())
+    return dataclasses.replace(
+        static, asv_vectors=asv_vectors.float().numpy(), sample_ids=rows.column("sample_id").to_pylist(),
+        sample_vectors=torch.cat(chunks).numpy(), cache_token_limit=cfg.token_limit,
+    )
 
 
 def fit_transform(cfg: RunConfig, targets: list[str], train_rows: pa.Table) -> TargetTransform | None:

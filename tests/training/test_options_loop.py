@@ -89,6 +89,9 @@ def test_a_frozen_encoder_with_the_asv_cache_trains_the_same_model_as_without(op
         cfg = tiny_cfg(example_dataset, **frozen, cache_asv_vectors=cache)
         static, rows = load_static(cfg)
         assert (static.asv_vectors is not None) == cache
+        assert (static.sample_vectors is not None) == cache
+        if cache:
+            assert len(static.sample_ids) == len(set(static.sample_ids)) == sum(map(len, static.sample_lists.values()))
         session = Session(rows, cfg.seed, verbose=False)
         results[cache] = (fit(cfg, static, session), load_model(session.last_checkpoint).model.state_dict())
     for key, value in results[True][1].items():
