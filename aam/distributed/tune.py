@@ -178,16 +178,23 @@ def _check_choices_fit_dataset(space: SearchSpace, static: StaticData) -> None:
                                         where=f"{space.source}: search.{param.name}")
 
 
-def run_search(space: SearchSpace, address: str | None = None, resume: bool = False) -> Path | str:
+def run_search(space: SearchSpace, address: str | None = None, resume: bool = False,
+               dashboard: bool = True) -> Path | str:
     """Run (or resume) the search; returns the experiment folder."""
     if space.data is None:
         raise AamUserError(f"{space.source}: no dataset; pass --data DATASET_DIR or set data: in the file")
     # fixed values and resources: what every trial shares (searched keys keep their defaults here)
     probe = RunConfig.from_dict(space.constants(), where=space.source)
+    if not dashboard and not runs_in_trial(probe):
+        raise AamUserError(
+            f"{space.source}: --no-dashboard needs trials that run in-process (resources workers: 1, "
+            f"gpus_per_worker: 0); these trials nest a TorchTrainer ({probe.workers} workers, "
+            f"{probe.gpus_per_worker} GPUs each), whose placement groups leak without the dashboard; drop --no-dashboard"
+        )
     static, train_rows = load_static(probe)
     _check_choices_fit_dataset(space, static)
     experiment = _experiment_path(space)
-    with ray_runtime(address, cpus_needed=_cpus_needed(space, probe)) as ray:
+    with ray_runtime(address, cpus_needed=_cpus_needed(space, probe), dashboard=dashboard) as ray:
         trainable = _trainable(space, probe, static, train_rows)
         if resume:
             print(f"resuming {experiment}", flush=True)

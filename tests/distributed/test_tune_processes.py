@@ -67,9 +67,11 @@ def test_a_search_killed_with_sigkill_resumes_without_losing_or_rerunning_trials
     before = reported_epochs(experiment)
     assert sum(e[-1:] != [4] for e in before.values()) + (6 - len(before)) >= 1  # work was left undone
 
-    resumed = subprocess.run([AAM, "tune", "--resume", str(experiment)], env=ENV, capture_output=True, text=True,
-                             timeout=600)
+    # in-process trials: the resumed driver may run without the dashboard
+    resumed = subprocess.run([AAM, "tune", "--resume", str(experiment), "--no-dashboard"], env=ENV,
+                             capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Ray dashboard" not in resumed.stderr
     result = read_experiment(experiment)
     assert len(result.trials) == 6
     assert [t.status for t in result.trials] == ["finished"] * 6
@@ -79,6 +81,20 @@ def test_a_search_killed_with_sigkill_resumes_without_losing_or_rerunning_trials
         assert epochs.count(1) == 1, f"{name} restarted from scratch: {epochs}"  # resumed from its checkpoint
         assert epochs[: len(before.get(name, []))] == before.get(name, []), name  # history kept
     assert len({t.config["lr"] for t in result.trials}) == 6
+
+
+def test_no_dashboard_is_refused_for_trials_that_nest_a_torch_trainer(example_dataset, tmp_path):
+    space = yaml.safe_load(space_file(tmp_path, epochs=1, samples=1).read_text())
+    space["tune"]["resources"] = {"workers": 2, "cpus_per_worker": 1}
+    (tmp_path / "nested.yaml").write_text(yaml.safe_dump(space))
+    result = subprocess.run([AAM, "tune", str(tmp_path / "nested.yaml"), "--data", str(example_dataset),
+                             "--storage-path", str(tmp_path / "experiments"), "--name", "nested", "--no-dashboard"],
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--no-dashboard needs trials that run in-process" in lines[0], result.stderr
+    assert "2 workers" in lines[0]
+    assert not (tmp_path / "experiments").exists()  # refused before Ray or any experiment folder
 
 
 def free_port() -> int:
