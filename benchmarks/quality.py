@@ -5,6 +5,7 @@ its own embedded Ray where it needs one):
 
   1. search    aam tune SPACE --data DIR --storage-path WORK/experiments --name quality-LABEL
   2. retrain   aam train --best-of WORK/experiments/quality-LABEL --data DIR --out WORK/runs/LABEL
+               [--epochs --retrain-epochs]
                (the best trial's config, selected on val, trained again to completion; its best
                epoch on val is kept and scores the test split once; --train-seeds N trains N seeds
                and averages them)
@@ -127,6 +128,8 @@ def run_dataset(label: str, data: Path, args, work: Path) -> dict:
     train_cmd = [aam, "train", "--best-of", str(experiment), "--data", str(data), "--out", str(run)]
     if args.train_seeds > 1:
         train_cmd += ["--seeds", str(args.train_seeds)]
+    if args.retrain_epochs:
+        train_cmd += ["--epochs", str(args.retrain_epochs)]
     walls["train_s"] = step("retrain", train_cmd, logs / f"{label}-train.log")
     rf_cmd = [aam, "baseline", "rf", "--data", str(data), "--out", str(rf), "--n-estimators",
               str(args.rf_n_estimators), "--n-jobs", str(args.rf_n_jobs), "--seed", str(args.rf_seed)]
@@ -170,6 +173,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--space", required=True, type=Path, help="search-space YAML for `aam tune`")
     parser.add_argument("--train-seeds", type=int, default=1, help="seeds of the best-of retrain, averaged "
                         "(`aam train --seeds`; default 1)")
+    parser.add_argument("--retrain-epochs", type=int, help="train the best config this many epochs instead of "
+                        "the search's (a search on 2 CPUs stops at a few epochs; the winner gets longer)")
     parser.add_argument("--rf-max-features", help="`aam baseline rf --max-features` (default: sklearn's, all ASVs)")
     parser.add_argument("--rf-n-estimators", type=int, default=500, help="trees per forest (default 500)")
     parser.add_argument("--rf-n-jobs", type=int, default=1, help="cores the forest grows trees on (default 1)")
