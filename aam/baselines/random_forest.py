@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 import types
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from aam._files import staged_folder
 from aam.data.dataset import Dataset
 from aam.errors import AamUserError
 
@@ -225,10 +223,7 @@ def _write(out, force, names, sample_ids, actual, predicted, metrics, info) -> N
     from aam.training import artifacts
 
     _check_out(out, force)  # again: the folder may have appeared while the forest grew
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staged_folder(out) as tmp:
         for split in EVAL_SPLITS:
             frame = artifacts.predictions_frame(sample_ids[split], names, predicted[split], actual[split], None)
             artifacts.write_tsv(frame, tmp / f"{split}_predictions.tsv")
@@ -237,20 +232,6 @@ def _write(out, force, names, sample_ids, actual, predicted, metrics, info) -> N
         _close(fig)
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1) + "\n")
         (tmp / BASELINE_FILE).write_text(json.dumps(info, indent=1) + "\n")
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if out.exists():  # only an empty folder or --force get here
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
 
 
 def _close(fig) -> None:

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +18,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 import aam
+from aam._files import staged_folder
 from aam.data import _metadata, _split, _unifrac
 from aam.data._biom import TableData, read_table
 from aam.data.sequences import SEQUENCE_RULE, tokenize
@@ -332,22 +330,9 @@ def convert_dataset(
 def _write(out: Path, overwrite: bool, manifest: dict, samples: pa.Table, asvs: pa.Table, unifrac) -> None:
     """Write into a hidden sibling folder, then rename: a failure leaves nothing at `out`."""
     _check_out(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with staged_folder(out) as tmp:
         pq.write_table(samples, tmp / "samples.parquet", compression="zstd")
         pq.write_table(asvs, tmp / "asvs.parquet", compression="zstd")
         if unifrac is not None:
             np.save(tmp / "unifrac.npy", unifrac.astype(np.float32))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

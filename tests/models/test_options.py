@@ -6,7 +6,6 @@ import torch
 
 from aam.config import RunConfig
 from aam.models import AAM
-from aam.models.categorical import CategoricalEmbeddings
 from aam.models.heads import MixtureOfExperts, TargetLayout
 from aam.training.losses import target_loss, total_loss
 from aam.training.optim import group_lrs, make_optimizer
