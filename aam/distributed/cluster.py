@@ -29,6 +29,9 @@ RAY_ENV_DEFAULTS = {
     # trials from their last checkpoint rather than an older one (or from scratch).
     "TUNE_GLOBAL_CHECKPOINT_S": "1",
     "RAY_AIR_NEW_OUTPUT": "0",
+    # Ray Data configures its own logger on import from this, over any setLevel: "Starting
+    # execution of Dataset ..." per epoch in every Train worker otherwise
+    "RAY_DATA_LOG_LEVEL": "WARNING",
 }
 
 
@@ -37,15 +40,27 @@ def set_ray_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def quiet_ray_loggers() -> None:
+    """Keep Ray's per-report and per-dataset INFO lines out of the terminal, in this process.
+
+    Called in the driver and at the start of every Train worker, where the lines are made. Ray
+    Train's "Reporting training result ..." comes from a logger named by its file's path
+    (`logging.getLogger(__file__)`), not from "ray.train".
+    """
+    import ray
+
+    report_logger = os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
+    for name in ("ray.data", "ray.train", "ray.tune", report_logger):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @contextlib.contextmanager
 def ray_runtime(address: str | None = None, cpus_needed: float = 0.0, quiet: bool = False, dashboard: bool = True):
     """Yield a connected Ray; shut it down afterwards only if this call started it."""
     set_ray_env()
     import ray
 
-    for name in ("ray.data", "ray.train", "ray.tune"):  # per-dataset / per-report INFO lines in the driver
-        logging.getLogger(name).setLevel(logging.WARNING)
-
+    quiet_ray_loggers()
     if ray.is_initialized():  # tests and the in-process tune trial share one runtime
         yield ray
         return

@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 from aam.config import RunConfig
-from aam.distributed.cluster import ray_runtime
+from aam.distributed.cluster import quiet_ray_loggers, ray_runtime
 from aam.errors import AamUserError
 from aam.training.loop import Session, StaticData, checkpoint_resume_state, fit
 from aam.training.prepare import load_static
@@ -99,6 +99,7 @@ def train_loop_per_worker(config: dict) -> None:
     """What each Ray Train worker runs."""
     import ray
 
+    quiet_ray_loggers()
     cfg = RunConfig.from_dict(config["run"])
     static: StaticData = ray.get(config["static"])
     restore = ray.get(config["restore"]) if config["restore"] is not None else None

@@ -71,6 +71,9 @@ def test_train_then_predict_from_the_command_line(example_dataset, tmp_path):
     trained = aam("train", "--data", example_dataset, "--out", run, *TINY)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "run folder:" in trained.stdout
+    output = trained.stdout + trained.stderr  # Ray's per-epoch INFO chatter stays out of the terminal
+    assert "Reporting training result" not in output and "Starting execution of Dataset" not in output
+    assert "epoch   1/1" in output  # while our own progress line is there
     predictions = tmp_path / "predictions.tsv"
     predicted = aam("predict", "--model", run, "--table", path("mouse_age_mini") / "feature-table.biom",
                     "--out", predictions)
