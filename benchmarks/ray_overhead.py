@@ -14,6 +14,9 @@
                experiment folder, which splits the overhead into fixed (outside the epochs) and
                in-trial (epochs running slower inside Ray).
 (b')           the same with `aam tune --no-dashboard` (allowed because the trial runs in-process).
+(d)            the same space with --trials identical trials run one after another: what each trial
+               after the first adds outside its epochs, i.e. the per-trial cost of a real search,
+               where Ray starts and stops once.
 (c) fixed      in this process: `ray_runtime()` (the project's embedded Ray start, dashboard on)
                until ready, one trivial Tune function trial (reports once), and `ray.shutdown()`;
                then `ray.init(num_cpus=2, include_dashboard=False)` and its shutdown, to compare.
@@ -93,7 +96,7 @@ def run_direct(config: dict, data: str, threads: int) -> dict:
     return {"threads": threads, "wall_s": wall, **json.loads(line[len("RESULT "):])}
 
 
-def space_yaml(config: dict, data: str, storage: str, name: str) -> str:
+def space_yaml(config: dict, data: str, storage: str, name: str, trials: int = 1) -> str:
     import yaml
 
     fixed = {k: v for k, v in config.items() if k != "seed"}
@@ -105,8 +108,8 @@ def space_yaml(config: dict, data: str, storage: str, name: str) -> str:
         "fixed": fixed,
         "search": {"seed": {"type": "categorical", "choices": [int(config.get("seed", 0))]}},
         "tune": {
-            "num_samples": 1,
-            "max_concurrent_trials": 1,
+            "num_samples": trials,
+            "max_concurrent_trials": 1,  # one after another: what each further trial adds is visible
             "scheduler": {"type": "none"},
             "searcher": {"type": "random", "seed": 0},
             "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0},
@@ -115,12 +118,12 @@ def space_yaml(config: dict, data: str, storage: str, name: str) -> str:
     }, sort_keys=False)
 
 
-def run_tune(config: dict, data: str, keep: str | None, dashboard: bool = True) -> dict:
+def run_tune(config: dict, data: str, keep: str | None, dashboard: bool = True, trials: int = 1) -> dict:
     tmp = keep or tempfile.mkdtemp(prefix="aam-bench-tune-")
     storage = str(Path(tmp).resolve() / "experiments")
-    name = f"overhead-{int(time.time())}-{'dash' if dashboard else 'nodash'}"
+    name = f"overhead-{int(time.time())}-{'dash' if dashboard else 'nodash'}-{trials}"
     space = Path(tmp) / "space.yaml"
-    space.write_text(space_yaml(config, data, storage, name))
+    space.write_text(space_yaml(config, data, storage, name, trials))
     aam = Path(sys.executable).with_name("aam")
     cmd = [str(aam), "tune", str(space), "--data", data, "--storage-path", storage, "--name", name]
     if not dashboard:
@@ -140,19 +143,21 @@ def run_tune(config: dict, data: str, keep: str | None, dashboard: bool = True) 
 
     phases = {"ray_dashboard_line_s": first("Ray dashboard:"), "trial_started_s": first(" started ("),
               "trial_finished_s": first(" finished after "), "exit_s": wall}
-    reports = []
-    for result in (Path(storage) / name).rglob("result.json"):
-        reports = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
-    if not reports:
-        raise SystemExit(f"aam tune left no trial results under {storage}/{name}")
+    per_trial = []
+    for result in sorted((Path(storage) / name).rglob("result.json")):
+        per_trial.append([json.loads(x) for x in result.read_text().splitlines() if x.strip()])
+    if len(per_trial) != trials or not all(per_trial):
+        raise SystemExit(f"aam tune left {len(per_trial)} trial results under {storage}/{name}, expected {trials}")
+    reports = [r for trial in per_trial for r in trial]
     epoch_seconds = [r.get("epoch_seconds") for r in reports]
     return {
         "wall_s": wall,
         "command": " ".join(cmd),
         "space": space.read_text(),
+        "trials": trials,
         "epochs": len(reports),
         "epoch_seconds": epoch_seconds,
-        "trial_time_total_s": reports[-1].get("time_total_s"),
+        "trial_time_total_s": sum(trial[-1].get("time_total_s") or 0.0 for trial in per_trial),
         "val_mae": reports[-1].get("val_mae"),
         "phases": phases,
         "output_tail": text[-1500:],
@@ -212,6 +217,9 @@ def main(argv=None) -> dict:
                         help="torch threads of the direct runs, comma list (0: torch's default; default 1, "
                              "as in the 1-CPU trial)")
     parser.add_argument("--skip-fixed", action="store_true", help="skip (c)")
+    parser.add_argument("--trials", type=int, default=4,
+                        help="(d): a search of this many identical trials, one at a time, to get what each further "
+                             "trial adds (default 4; 1 skips it)")
     parser.add_argument("--keep", help="folder for the search space and experiment (default: a temp folder)")
     parser.add_argument("--out", help="results JSON (default benchmarks/results/ray_overhead-<data>.json)")
     parser.add_argument("--child-direct", help=argparse.SUPPRESS)
@@ -240,6 +248,11 @@ def main(argv=None) -> dict:
     print("(b') aam tune --no-dashboard, one trial ...", flush=True)
     tune_nodash = run_tune(config, data, args.keep, dashboard=False)
     print(f"    {tune_nodash['wall_s']:.1f} s wall", flush=True)
+    many = None
+    if args.trials > 1:
+        print(f"(d) aam tune, {args.trials} identical trials one after another ...", flush=True)
+        many = run_tune(config, data, args.keep, trials=args.trials)
+        print(f"    {many['wall_s']:.1f} s wall", flush=True)
     fixed = {} if args.skip_fixed else fixed_costs()
 
     trial_threads = 1  # cpus_per_worker 1 in the space -> OMP_NUM_THREADS=1 in the trial
@@ -252,7 +265,10 @@ def main(argv=None) -> dict:
                      100 * (d["wall_s"] - base["wall_s"]) / base["wall_s"]])
         if d is base:
             rows[-1][0] += " (base)"
-    for label, t in (("(b) aam tune, 1 trial", tune), ("(b') aam tune --no-dashboard, 1 trial", tune_nodash)):
+    runs = [("(b) aam tune, 1 trial", tune), ("(b') aam tune --no-dashboard, 1 trial", tune_nodash)]
+    if many:
+        runs.append((f"(d) aam tune, {many['trials']} trials", many))
+    for label, t in runs:
         epochs_s = sum(t["epoch_seconds"])
         rows.append([label, t["wall_s"], t["trial_time_total_s"], epochs_s,
                      t["wall_s"] - epochs_s, 100 * (t["wall_s"] - base["wall_s"]) / base["wall_s"]])
@@ -275,6 +291,12 @@ def main(argv=None) -> dict:
     print(f"\naam tune vs direct: {overhead_pct:+.1f}% wall; fixed part (outside the epochs, beyond the direct "
           f"run's own) {fixed_overhead:.1f} s = {100 * fixed_overhead / 60:.1f}% of a 60 s trial (target <= 10%)")
     print(f"with --no-dashboard: fixed part {fixed_nodash:.1f} s = {100 * fixed_nodash / 60:.1f}% of a 60 s trial")
+    per_trial = None
+    if many:
+        # what each further trial of a search costs outside its epochs (Ray's start and stop are paid once)
+        per_trial = ((many["wall_s"] - sum(many["epoch_seconds"])) - (tune["wall_s"] - tune_epochs)) / (many["trials"] - 1)
+        print(f"each further trial of a search: {per_trial:.1f} s outside its epochs = {100 * per_trial / 60:.1f}% "
+              f"of a 60 s trial ({many['trials']} trials vs 1)")
     payload = {
         "benchmark": "ray_overhead",
         "data": data,
@@ -283,6 +305,9 @@ def main(argv=None) -> dict:
         "direct_base_threads": base["torch_threads"],
         "tune": tune,
         "tune_no_dashboard": tune_nodash,
+        "tune_many": many,
+        "per_further_trial_s": per_trial,
+        "per_further_trial_pct_of_60s": None if per_trial is None else 100 * per_trial / 60,
         "fixed_overhead_no_dashboard_s": fixed_nodash,
         "fixed_overhead_no_dashboard_pct_of_60s": 100 * fixed_nodash / 60,
         "fixed": fixed,
