@@ -16,6 +16,15 @@ sees the same batches (the same rows in the same order). The variants take turns
 in a rotating order, so noise from other processes on the machine hits all of them alike.
 The first --warmup steps of each variant are not counted.
 
+On a GPU (--device cuda, the default when torch sees one) each step is synchronized before it is
+timed, peak memory per variant is reported, and `precision: auto` means bf16 autocast as in `fit`.
+After the measured steps every variant runs one more step under `torch.utils.flop_counter`'s
+FlopCounterMode (matmuls and attention, forward and backward), so achieved TFLOP/s = FLOPs per
+sample x samples/s. The GPU figures of the performance issue (D=128 and 256, token_limit 1024):
+
+    python benchmarks/throughput.py --data DIR --device cuda --variants fast,reference \
+        --set d_model=128 --set token_limit=1024 --set batch_size=32
+
     python benchmarks/throughput.py --data /tmp/bench/mouse --steps 10
     python benchmarks/throughput.py --data /tmp/bench/mini --steps 2 --warmup 1   # a smoke run
 """
@@ -36,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, print_machine, print_table, write_json  # noqa: E402
 
 from aam.config import RunConfig  # noqa: E402
-from aam.data.collate import collate  # noqa: E402
+from aam.data.collate import collate, move_to  # noqa: E402
 from aam.training.losses import total_loss  # noqa: E402
 from aam.training.loop import batch_spec, mixed_precision  # noqa: E402
 from aam.training.optim import make_optimizer, warmup_cosine  # noqa: E402
@@ -90,27 +99,37 @@ def _optimizer(model, cfg: RunConfig):
 class Trainer:
     """One variant's model + optimizer, stepping exactly as `fit` does."""
 
-    def __init__(self, cfg: RunConfig, static, total_steps: int):
+    def __init__(self, cfg: RunConfig, static, total_steps: int, device: torch.device):
         from aam.models import AAM
 
         self.cfg = cfg
+        self.device = device
         torch.manual_seed(cfg.seed)
-        self.model = AAM(cfg, n_targets=len(static.targets), token_width=static.token_width).train()
+        self.model = AAM(cfg, n_targets=len(static.targets), token_width=static.token_width).train().to(device)
         self.optimizer = _optimizer(self.model, cfg)
         self.scheduler = warmup_cosine(self.optimizer, total_steps, cfg.warmup_frac)
         self.spec = batch_spec(cfg, static)
-        self.unifrac = torch.tensor(static.unifrac) if static.unifrac is not None else None
+        self.unifrac = torch.tensor(static.unifrac, device=device) if static.unifrac is not None else None
         self.masking = torch.Generator().manual_seed(cfg.seed * 7919)
         self.collate_s: list[float] = []
         self.step_s: list[float] = []
         self.samples: list[int] = []
         self.shapes: list[tuple[int, int, int]] = []  # tokens rows, token width, slots per sample
+        self.peak_bytes = 0
+        self.flops_per_sample: float | None = None
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def step(self, rows, record: bool) -> float:
+        self._sync()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
-        batch = collate(rows, self.spec)
+        batch = move_to(collate(rows, self.spec), self.device)
         t1 = time.perf_counter()
-        with mixed_precision(self.cfg, torch.device("cpu")):  # as fit does: autocast forward and loss
+        with mixed_precision(self.cfg, self.device):  # as fit does: autocast forward and loss
             outputs = self.model(batch, mask_nucleotides=True, generator=self.masking)
             loss, _ = total_loss(outputs, batch, self.cfg, self.unifrac, None)
         self.optimizer.zero_grad(set_to_none=True)
@@ -119,14 +138,24 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        value = float(loss.detach())
+        value = float(loss.detach())  # waits for the device
         t2 = time.perf_counter()
+        if self.device.type == "cuda":
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
         if record:
             self.collate_s.append(t1 - t0)
             self.step_s.append(t2 - t1)
             self.samples.append(rows.num_rows)
             self.shapes.append((*batch["tokens"].shape, batch["asv_mask"].shape[1]))
         return value
+
+    def count_flops(self, rows) -> None:
+        """One more (uncounted) step under FlopCounterMode: FLOPs per sample of a training step."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            self.step(rows, record=False)
+        self.flops_per_sample = counter.get_total_flops() / rows.num_rows
 
     def summary(self) -> dict:
         total = sum(self.collate_s) + sum(self.step_s)
@@ -141,16 +170,22 @@ class Trainer:
             "mean_token_rows": float(np.mean([s[0] for s in self.shapes])) if self.shapes else None,
             "mean_token_width": float(np.mean([s[1] for s in self.shapes])) if self.shapes else None,
             "mean_slots": float(np.mean([s[2] for s in self.shapes])) if self.shapes else None,
+            "peak_memory_gib": self.peak_bytes / 2**30 if self.device.type == "cuda" else None,
+            "flops_per_sample": self.flops_per_sample,
+            "achieved_tflops": (self.flops_per_sample * sum(self.samples) / total / 1e12
+                                if self.flops_per_sample and total else None),
         }
 
 
 def measure(base: RunConfig, variants: dict[str, dict], steps: int, warmup: int, static=None, train_rows=None,
-            verbose: bool = True) -> dict[str, dict]:
+            verbose: bool = True, device: torch.device | None = None, flops: bool = False) -> dict[str, dict]:
     """samples/s of each variant over the same `warmup + steps` batches, the variants interleaved."""
     if static is None:
         static, train_rows = load_static(base)
     batches = training_batches(train_rows, base.batch_size, warmup + steps, base.seed)
-    trainers = {name: Trainer(base.replace(**changes), static, warmup + steps) for name, changes in variants.items()}
+    device = device or torch.device("cpu")
+    trainers = {name: Trainer(base.replace(**changes), static, warmup + steps + 1, device)
+                for name, changes in variants.items()}
     names = list(trainers)
     for i, rows in enumerate(batches):
         order = names[i % len(names):] + names[: i % len(names)]  # rotate who goes first
@@ -160,6 +195,9 @@ def measure(base: RunConfig, variants: dict[str, dict], steps: int, warmup: int,
             done = "warm-up" if i < warmup else f"step {i - warmup + 1}/{steps}"
             last = "  ".join(f"{n} {trainers[n].step_s[-1]:.2f}s" for n in names if trainers[n].step_s and i >= warmup)
             print(f"  {done}  {last}", flush=True)
+    if flops:
+        for trainer in trainers.values():
+            trainer.count_flops(batches[warmup] if len(batches) > warmup else batches[0])
     return {name: t.summary() for name, t in trainers.items()}
 
 
@@ -179,6 +217,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=10, help="measured steps per variant (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="steps per variant not counted (default 2)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda[:N] (default: cuda when torch sees a GPU)")
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count (one extra step per variant)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma list of {', '.join(VARIANTS)} (default: {', '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -203,7 +244,9 @@ def main(argv=None) -> dict:
     print(f"{args.warmup} warm-up + {args.steps} measured steps per variant, variants interleaved")
 
     started = time.perf_counter()
-    results = measure(base, {v: VARIANTS[v] for v in chosen}, args.steps, args.warmup, static, train_rows)
+    device = torch.device(args.device)
+    results = measure(base, {v: VARIANTS[v] for v in chosen}, args.steps, args.warmup, static, train_rows,
+                      device=device, flops=not args.no_flops)
     wall = time.perf_counter() - started
 
     fast = results.get("fast", {}).get("samples_per_s")
@@ -212,9 +255,12 @@ def main(argv=None) -> dict:
         speedup = fast / r["samples_per_s"] if fast else None
         rows.append([name, r["samples_per_s"], r["median_step_s"], r["collate_s_per_step"],
                      r["mean_token_rows"], r["mean_token_width"], r["mean_slots"],
+                     "-" if r["achieved_tflops"] is None else f"{r['achieved_tflops']:.3g}",
+                     "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.2f}",
                      f"{speedup:.2f}x" if speedup else "-"])
     print_table(["variant", "samples/s", "median step s", "collate s/step", "tokens rows", "token width",
-                 "slots", "fast/this"], rows, title=f"training throughput on {args.data} ({args.steps} steps each)")
+                 "slots", "TFLOP/s", "peak GiB", "fast/this"], rows,
+                title=f"training throughput on {args.data}, {device} ({args.steps} steps each)")
     ratio = None
     if fast and "reference" in results:
         ratio = fast / results["reference"]["samples_per_s"]
@@ -234,6 +280,8 @@ def main(argv=None) -> dict:
         "results": results,
         "fast_over_reference": ratio,
         "fast_bf16_over_reference": bf16_ratio,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "wall_s": wall,
         "machine": info,
     }
