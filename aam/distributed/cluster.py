@@ -4,7 +4,7 @@ With no address every command starts an embedded local Ray (dashboard on 127.0.0
 with `--address` or `RAY_ADDRESS` it joins an existing cluster. The dashboard is on by default,
 for monitoring and because Ray Train's placement-group cleanup needs its State API (RAY_NOTES §0);
 a search whose trials all run in-process may turn it off (`aam tune --no-dashboard`), which saves
-its ~10 processes (~0.7 GB) and part of the start-up.
+its ~9 processes (~0.3 GB of memory, RAY_NOTES §3); it saved no measurable start-up time (BENCHMARKS.md §3).
 """
 
 from __future__ import annotations
