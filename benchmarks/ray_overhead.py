@@ -255,13 +255,15 @@ def main(argv=None) -> dict:
         print(f"    {many['wall_s']:.1f} s wall", flush=True)
     fixed = {} if args.skip_fixed else fixed_costs()
 
+    def outside_epochs(run: dict) -> float:
+        return run["wall_s"] - sum(run["epoch_seconds"])
+
     trial_threads = 1  # cpus_per_worker 1 in the space -> OMP_NUM_THREADS=1 in the trial
     base = next((d for d in direct if d["torch_threads"] == trial_threads), direct[0])
-    tune_epochs = sum(tune["epoch_seconds"])
     rows = []
     for d in direct:
         rows.append([f"(a) direct, {d['torch_threads']} torch threads", d["wall_s"], d["load_static_s"] + d["fit_s"],
-                     sum(d["epoch_seconds"]), d["wall_s"] - sum(d["epoch_seconds"]),
+                     sum(d["epoch_seconds"]), outside_epochs(d),
                      100 * (d["wall_s"] - base["wall_s"]) / base["wall_s"]])
         if d is base:
             rows[-1][0] += " (base)"
@@ -269,9 +271,8 @@ def main(argv=None) -> dict:
     if many:
         runs.append((f"(d) aam tune, {many['trials']} trials", many))
     for label, t in runs:
-        epochs_s = sum(t["epoch_seconds"])
-        rows.append([label, t["wall_s"], t["trial_time_total_s"], epochs_s,
-                     t["wall_s"] - epochs_s, 100 * (t["wall_s"] - base["wall_s"]) / base["wall_s"]])
+        rows.append([label, t["wall_s"], t["trial_time_total_s"], sum(t["epoch_seconds"]),
+                     outside_epochs(t), 100 * (t["wall_s"] - base["wall_s"]) / base["wall_s"]])
     print_table(["run", "wall s", "in-process s", "sum of epochs s", "outside epochs s", "vs direct %"],
                 rows, title=f"Ray overhead on {args.data} ({config['epochs']} epochs)")
     ph = tune["phases"]
@@ -284,17 +285,16 @@ def main(argv=None) -> dict:
                                                 ["ray.init(include_dashboard=False)", fixed["ray_init_no_dashboard_s"]],
                                                 ["its ray.shutdown()", fixed["ray_shutdown_no_dashboard_s"]]])
         print(f"OMP_NUM_THREADS in a 1-CPU Ray task: {fixed['omp_num_threads_in_1cpu_task']}")
-    fixed_overhead = tune["wall_s"] - tune_epochs - (base["wall_s"] - sum(base["epoch_seconds"]))
+    fixed_overhead = outside_epochs(tune) - outside_epochs(base)
     overhead_pct = 100 * (tune["wall_s"] - base["wall_s"]) / base["wall_s"]
-    fixed_nodash = (tune_nodash["wall_s"] - sum(tune_nodash["epoch_seconds"])
-                    - (base["wall_s"] - sum(base["epoch_seconds"])))
+    fixed_nodash = outside_epochs(tune_nodash) - outside_epochs(base)
     print(f"\naam tune vs direct: {overhead_pct:+.1f}% wall; fixed part (outside the epochs, beyond the direct "
           f"run's own) {fixed_overhead:.1f} s = {100 * fixed_overhead / 60:.1f}% of a 60 s trial (target <= 10%)")
     print(f"with --no-dashboard: fixed part {fixed_nodash:.1f} s = {100 * fixed_nodash / 60:.1f}% of a 60 s trial")
     per_trial = None
     if many:
         # what each further trial of a search costs outside its epochs (Ray's start and stop are paid once)
-        per_trial = ((many["wall_s"] - sum(many["epoch_seconds"])) - (tune["wall_s"] - tune_epochs)) / (many["trials"] - 1)
+        per_trial = (outside_epochs(many) - outside_epochs(tune)) / (many["trials"] - 1)
         print(f"each further trial of a search: {per_trial:.1f} s outside its epochs = {100 * per_trial / 60:.1f}% "
               f"of a 60 s trial ({many['trials']} trials vs 1)")
     payload = {
