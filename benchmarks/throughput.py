@@ -115,16 +115,13 @@ class Trainer:
         self.step_s: list[float] = []
         self.samples: list[int] = []
         self.shapes: list[tuple[int, int, int]] = []  # tokens rows, token width, slots per sample
+        self.on_gpu = device.type == "cuda"
         self.peak_bytes = 0
         self.flops_per_sample: float | None = None
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def step(self, rows, record: bool) -> float:
-        self._sync()
-        if self.device.type == "cuda":
+        if self.on_gpu:  # time this step's kernels only, and its own peak
+            torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         batch = move_to(collate(rows, self.spec), self.device)
@@ -140,7 +137,7 @@ class Trainer:
         self.scheduler.step()
         value = float(loss.detach())  # waits for the device
         t2 = time.perf_counter()
-        if self.device.type == "cuda":
+        if self.on_gpu:
             self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
         if record:
             self.collate_s.append(t1 - t0)
@@ -170,7 +167,7 @@ class Trainer:
             "mean_token_rows": float(np.mean([s[0] for s in self.shapes])) if self.shapes else None,
             "mean_token_width": float(np.mean([s[1] for s in self.shapes])) if self.shapes else None,
             "mean_slots": float(np.mean([s[2] for s in self.shapes])) if self.shapes else None,
-            "peak_memory_gib": self.peak_bytes / 2**30 if self.device.type == "cuda" else None,
+            "peak_memory_gib": self.peak_bytes / 2**30 if self.on_gpu else None,
             "flops_per_sample": self.flops_per_sample,
             "achieved_tflops": (self.flops_per_sample * sum(self.samples) / total / 1e12
                                 if self.flops_per_sample and total else None),
