@@ -5,7 +5,7 @@ its own embedded Ray where it needs one):
 
   1. search    aam tune SPACE --data DIR --storage-path WORK/experiments --name quality-LABEL
   2. retrain   aam train --best-of WORK/experiments/quality-LABEL --data DIR --out WORK/runs/LABEL
-               [--epochs --retrain-epochs]
+               [--epochs N, given --retrain-epochs N]
                (the best trial's config, selected on val, trained again to completion; its best
                epoch on val is kept and scores the test split once; --train-seeds N trains N seeds
                and averages them)
