@@ -5,20 +5,16 @@ from pathlib import Path
 
 import pytest
 
+from aam.distributed.cluster import local_init_options, set_ray_env
+
 os.environ.update(
     {
         "RAY_AUTH_MODE": "disabled",  # tests talk to their own throw-away cluster
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
         "RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S": "120",
-        "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-        "RAY_AIR_NEW_OUTPUT": "0",
     }
 )
+set_ray_env()  # the rest as every aam command has it
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
@@ -28,8 +24,9 @@ def ray_cluster():
     """One local Ray for the whole session (a second ray.init in a process is an error)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-             object_store_memory=512 * 2**20, logging_level="WARNING")
+    # as `ray_runtime` starts it: workers log at WARNING, so no INFO line printed late by the driver
+    # lands in a CliRunner's captured output
+    ray.init(**local_init_options(num_cpus=2), object_store_memory=512 * 2**20)
     yield ray
     ray.shutdown()
 

@@ -54,6 +54,22 @@ def quiet_ray_loggers() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def local_init_options(num_cpus: int, dashboard: bool = True) -> dict:
+    """`ray.init` keywords for an embedded local Ray (the CLI's and the test session's)."""
+    import ray
+
+    return dict(
+        num_cpus=num_cpus,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
+        logging_level="WARNING",
+        # Ray Train, Tune and Ray Data log every report, checkpoint and dataset execution at INFO
+        # in every worker, and the driver prints them whenever they arrive
+        logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"),
+        log_to_driver=True,
+    )
+
+
 @contextlib.contextmanager
 def ray_runtime(address: str | None = None, cpus_needed: float = 0.0, quiet: bool = False, dashboard: bool = True):
     """Yield a connected Ray; shut it down afterwards only if this call started it."""
@@ -72,15 +88,7 @@ def ray_runtime(address: str | None = None, cpus_needed: float = 0.0, quiet: boo
         cpus = os.cpu_count() or 1
         # Logical CPUs may exceed physical ones: a 2-worker run on a 2-core laptop must start.
         num_cpus = max(cpus, int(-(-cpus_needed // 1)))
-        context = ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=dashboard,
-            dashboard_host="127.0.0.1",
-            logging_level="WARNING",
-            # Ray Train and Ray Data log every report and dataset execution at INFO in every worker
-            logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"),
-            log_to_driver=True,
-        )
+        context = ray.init(**local_init_options(num_cpus, dashboard))
         started = True
         url = getattr(context, "dashboard_url", None)
         if url and not quiet:
