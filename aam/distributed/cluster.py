@@ -54,6 +54,24 @@ def quiet_ray_loggers() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def setup_worker() -> None:
+    """Run in every worker process of an embedded Ray (its `worker_process_setup_hook`).
+
+    Ray's own code in workers (Train's placement-group cleaner) asks the State API for "the" local
+    Ray; with two aam commands running on one machine it finds two and dies with a traceback in the
+    user's terminal, leaving placement groups of a crashed run uncleaned. Naming this worker's own
+    cluster answers it. Ray Train also triggers its own deprecation warning on every run
+    (`ExecutionOptions.exclude_resources`), which no user can act on.
+    """
+    import warnings
+
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    warnings.filterwarnings("ignore", message=r"`ExecutionOptions\.exclude_resources` is deprecated")
+    quiet_ray_loggers()
+
+
 def local_init_options(num_cpus: int, dashboard: bool = True) -> dict:
     """`ray.init` keywords for an embedded local Ray (the CLI's and the test session's)."""
     import ray
@@ -67,6 +85,7 @@ def local_init_options(num_cpus: int, dashboard: bool = True) -> dict:
         # in every worker, and the driver prints them whenever they arrive
         logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"),
         log_to_driver=True,
+        runtime_env={"worker_process_setup_hook": "aam.distributed.cluster.setup_worker"},
     )
 
 
