@@ -10,6 +10,7 @@ At the end the best epoch's weights predict the test split, which is never used 
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import shutil
@@ -76,7 +77,6 @@ class Session:
         self.verbose = verbose
         self.reports: list[dict] = []
         self.last_checkpoint: Path | None = None
-        self._keep = tempfile.mkdtemp(prefix="aam-ckpt-")
 
     @property
     def device(self) -> torch.device:
@@ -106,11 +106,16 @@ class Session:
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         self.reports.append(metrics)
         if checkpoint_dir is not None:
-            dest = Path(self._keep) / "latest"
+            if self.last_checkpoint is None:
+                # a folder of its own, made only when a checkpoint is kept, and removed when the
+                # process ends: the caller reads it after `fit` returns, never after exit
+                keep = tempfile.mkdtemp(prefix="aam-ckpt-")
+                atexit.register(shutil.rmtree, keep, ignore_errors=True)
+                self.last_checkpoint = Path(keep) / "latest"
+            dest = self.last_checkpoint
             if dest.exists():
                 shutil.rmtree(dest)
             shutil.copytree(checkpoint_dir, dest)
-            self.last_checkpoint = dest
 
     def all_gather_embeddings(self, embeddings, rows, pad_to: int):
         return None

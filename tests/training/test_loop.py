@@ -151,3 +151,35 @@ def test_train_on_val_keeps_the_last_epoch(example_dataset):
     assert rows.num_rows == len(static.sample_lists["train"]) + len(static.sample_lists["val"])
     _, session, metrics = run(cfg)
     assert metrics["best_epoch"] == 3
+
+
+def test_a_session_keeps_one_checkpoint_folder_and_removes_it_at_exit(tmp_path):
+    """Sessions that keep no checkpoint (every Tune trial's) make no folder; the one that keeps a
+    checkpoint removes its folder when the process ends (a search must not fill /tmp)."""
+    import subprocess
+    import sys
+
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "model.pt").write_bytes(b"weights")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    script = (
+        "import json, os, sys, pyarrow as pa\n"
+        "from aam.training.loop import Session\n"
+        "rows = pa.table({'x': [1]})\n"
+        "idle = [Session(rows, 0, verbose=False) for _ in range(3)]\n"
+        "keeper = Session(rows, 0, verbose=False)\n"
+        "for epoch in range(2):\n"
+        "    keeper.report({'epoch': epoch}, sys.argv[1])\n"
+        "print(json.dumps([str(keeper.last_checkpoint), os.listdir(sys.argv[2]),\n"
+        "                  (keeper.last_checkpoint / 'model.pt').read_text()]))\n"
+    )
+    env = {**__import__("os").environ, "TMPDIR": str(scratch)}
+    result = subprocess.run([sys.executable, "-c", script, str(checkpoint), str(scratch)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    kept, listing, content = json.loads(result.stdout)
+    assert len(listing) == 1 and listing[0].startswith("aam-ckpt-") and content == "weights"
+    assert kept.startswith(str(scratch))
+    assert list(scratch.iterdir()) == []  # gone once the process ended
