@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,14 @@ def space_yaml(config: dict, data: str, storage: str, name: str, trials: int = 1
 
 def run_tune(config: dict, data: str, keep: str | None, dashboard: bool = True, trials: int = 1) -> dict:
     tmp = keep or tempfile.mkdtemp(prefix="aam-bench-tune-")
+    try:
+        return _run_tune(tmp, config, data, dashboard, trials)
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_tune(tmp: str, config: dict, data: str, dashboard: bool, trials: int) -> dict:
     storage = str(Path(tmp).resolve() / "experiments")
     name = f"overhead-{int(time.time())}-{'dash' if dashboard else 'nodash'}-{trials}"
     space = Path(tmp) / "space.yaml"
