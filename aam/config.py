@@ -21,6 +21,7 @@ from typing import Any
 from aam.errors import AamUserError
 
 COUNT_EMBEDS = ("off", "add", "concat", "film")
+COUNT_FEATURES = ("log1p", "relative")
 TARGET_LOSSES = ("mse", "mae", "huber", "quantile", "asymmetric")
 TARGET_TRANSFORMS = ("none", "minmax", "zscore", "zscore-category", "log-minmax", "log-zscore")
 HEADS = ("linear", "mlp", "residual", "moe")
@@ -58,6 +59,9 @@ class RunConfig:
     ff_mult: int = _f(2, "Feed-forward width as a multiple of d_model.", low=1, section="model")
     dropout: float = _f(0.1, "Dropout in every transformer layer and head.", low=0.0, high=0.9, section="model")
     count_embed: str = _f("add", "How count magnitudes (log1p) enter the sample encoder.", COUNT_EMBEDS, section="model")
+    count_feature: str = _f("log1p", "What the count embedding and the count task read: log1p (of the raw count) or "
+                            "relative (log1p of the count per 10,000 reads of its sample, so samples sequenced to "
+                            "different depths show an equal abundance equally).", COUNT_FEATURES, section="model")
     head: str = _f("linear", "Regression head on the pooled sample embedding: linear, mlp, residual "
                    "(linear + mlp) or moe (a mixture of experts).", HEADS, section="model")
     head_hidden: list = _f([64], "Hidden sizes of an mlp or residual head, and of each moe expert "
@@ -75,7 +79,7 @@ class RunConfig:
     perceiver_layers: int = _f(1, "Self-attention layers over the perceiver's latents.", low=0, section="model")
     category_affine: str = _f("", "Categorical column whose every category gets its own output scale and "
                               "bias (default: none).", section="model")
-    count_head: bool = _f(True, "Predict each ASV's log1p(count) as a self-supervised task.", section="model")
+    count_head: bool = _f(True, "Predict each ASV's count feature as a self-supervised task.", section="model")
     mask_prob: float = _f(0.15, "Fraction of nucleotides masked for the nucleotide task (0 turns it off).",
                           low=0.0, high=0.5, section="model")
     # --- loss -------------------------------------------------------------------------------

@@ -89,6 +89,8 @@ def collate(rows: pa.Table, spec: BatchSpec) -> dict:
         "asv_index": torch.from_numpy(asv_index),
         "asv_mask": torch.from_numpy(asv_mask),
         "counts": torch.from_numpy(slot_counts),
+        # reads of the whole sample, not only of the slots kept under token_limit
+        "depth": torch.from_numpy(_depth(rows, cnt_off, cnt_flat)),
         "targets": torch.from_numpy(_targets(rows, spec).astype(np.float32)),
         "categoricals": torch.from_numpy(_categoricals(rows, spec)),
         "unifrac_row": torch.from_numpy(
@@ -99,6 +101,13 @@ def collate(rows: pa.Table, spec: BatchSpec) -> dict:
         "sample_ids": rows.column("sample_id").to_pylist(),
     }
     return batch
+
+
+def _depth(rows: pa.Table, cnt_off: np.ndarray, cnt_flat: np.ndarray) -> np.ndarray:
+    if "depth" in rows.column_names:
+        return rows.column("depth").to_numpy(zero_copy_only=False).astype(np.float32)
+    sample_of_count = np.repeat(np.arange(rows.num_rows), np.diff(cnt_off))
+    return np.bincount(sample_of_count, weights=cnt_flat, minlength=rows.num_rows).astype(np.float32)
 
 
 def raw_targets(rows: pa.Table, names: list[str]) -> np.ndarray:

@@ -6,7 +6,8 @@ Read it top to bottom:
     AttentionPool    learned-query pooling that never attends to padding
     mask_tokens      BERT-style masking of real nucleotides (seeded)
     ASVEncoder       nucleotide tokens [U, L] -> one vector per distinct ASV [U, D]
-    CountEmbedding   log1p(count) into the ASV slots: add | concat | film
+    count_features   what the count embedding and the count task read: log1p | relative
+    CountEmbedding   the count feature into the ASV slots: add | concat | film
     SampleEncoder    ASV vectors scattered to slots [B, S, D] -> sample vector [B, D]
     AAM              the composition: encoders -> categorical fusion -> regression head, the
                      self-supervised heads, and the pretrain -> fine-tune helpers
@@ -20,6 +21,7 @@ The batch is made by `aam.data.collate.collate`:
     asv_index    Long  [B, S]  row of `tokens` for each ASV slot of each sample (0 at padding)
     asv_mask     Bool  [B, S]  True for a real ASV slot
     counts       Float [B, S]  raw counts (0 at padding)
+    depth        Float [B]     reads of the whole sample (what `relative` counts divide by)
     targets      Float [B, T]  transformed targets, NaN where missing (read by the losses)
     categoricals Long  [B, C]  category codes of every categorical column of the dataset (0: unknown)
     unifrac_row  Long  [B]     row in the UniFrac matrix, -1 when unknown (read by the losses)
@@ -198,11 +200,31 @@ class ASVEncoder(nn.Module):
         return self.drop(self.pool(states, real)), states
 
 
+RELATIVE_READS = 10_000.0  # `relative` counts are per this many reads: log1p then spans ~0-9, like raw counts
+
+
+def count_features(batch: dict, mode: str) -> torch.Tensor:
+    """The count feature of every slot [B, S] (0 at padding).
+
+    log1p     log1p(count): what the sequencer returned; a sample sequenced 4x deeper shows every
+              ASV ~1.4 higher
+    relative  log1p(count per 10,000 reads of the sample): the same abundance gives the same
+              value at any depth (what the Random Forest baseline sees, as proportions)
+    """
+    counts = batch["counts"].float()
+    if mode == "relative":
+        depth = batch["depth"].float().clamp(min=1.0)
+        counts = counts * (RELATIVE_READS / depth)[:, None]
+    elif mode != "log1p":
+        raise ValueError(f"count_feature={mode!r}: expected log1p or relative")
+    return torch.log1p(counts)
+
+
 class CountEmbedding(nn.Module):
     """Put count magnitudes into the ASV slot vectors.
 
-    The features are [log1p(count), hidden]: `hidden` is 1 where the count was masked for the
-    count task (its log1p is then 0), so a hidden count is never mistaken for a small one.
+    The features are [count feature, hidden]: `hidden` is 1 where the count was masked for the
+    count task (its feature is then 0), so a hidden count is never mistaken for a small one.
         add     x + MLP(features)
         concat  Linear([x, features]) back to D
         film    x * (1 + gamma(features)) + beta(features), starting as the identity
@@ -361,7 +383,8 @@ class AAM(nn.Module):
                                "asv_attention" (fusion), "gates" (moe)
             nucleotide_logits  [M, VOCAB] and nucleotide_labels [M]: masked nucleotides, only
                                when mask_nucleotides and the nucleotide task is on
-            count_prediction   [B, S] predicted log1p(count) (0 at padding), when count_head
+            count_prediction   [B, S] predicted count feature (0 at padding), when count_head
+            count_target       [B, S] the count feature it is scored against
             count_mask         [B, S] the slots the count loss should score, when count_head
 
         `mask_counts` (default: follow `mask_nucleotides`, i.e. on while training) hides the
@@ -383,7 +406,7 @@ class AAM(nn.Module):
         # with a frozen encoder the self-supervised tasks cannot teach it anything
         pretraining = not self.encoder_frozen
         do_mask = mask_nucleotides and self.masks_nucleotides and pretraining
-        log_counts = torch.log1p(batch["counts"].float())
+        log_counts = count_features(batch, self.cfg.count_feature)
         no_hidden = torch.zeros_like(asv_mask)
         if mask_counts is None:
             mask_counts = mask_nucleotides
@@ -441,6 +464,7 @@ class AAM(nn.Module):
                 count_mask = (uniform(asv_mask.shape, generator, asv_mask.device) < self.cfg.mask_prob) & asv_mask
                 _, slot_states = self.sample_encoder(slots, asv_mask, log_counts, count_mask)
             out["count_prediction"] = self.count_head(slot_states).squeeze(-1).masked_fill(~asv_mask, 0.0)
+            out["count_target"] = log_counts
             out["count_mask"] = count_mask
         return out
 

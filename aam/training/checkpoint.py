@@ -107,5 +107,11 @@ def load_encoder_weights(model, source: str | Path) -> dict:
             f"pretrained_encoder={source}: its encoder ({shape}) does not fit this model "
             f"(first mismatch: {mismatched[0]}); use the same encoder settings"
         )
+    source_feature = source_cfg.get("count_feature", "log1p")  # runs before the option read log1p
+    if model.cfg.count_embed != "off" and source_feature != model.cfg.count_feature:
+        raise AamUserError(
+            f"pretrained_encoder={source}: its encoder read count_feature={source_feature}, this run "
+            f"count_feature={model.cfg.count_feature}; use the same count_feature"
+        )
     model.load_state_dict(encoder, strict=False)
     return source_cfg

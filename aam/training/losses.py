@@ -98,11 +98,11 @@ def nucleotide_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels)
 
 
-def count_loss(pred: torch.Tensor, counts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MSE between predicted and actual log1p(count) on the slots in `mask` [B, S]."""
+def count_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE between the predicted and actual count feature (`count_features`) on the slots in `mask` [B, S]."""
     if not bool(mask.any()):
         return _zero(pred)
-    return F.mse_loss(pred[mask].float(), torch.log1p(counts[mask].float()))
+    return F.mse_loss(pred[mask].float(), target[mask].float())
 
 
 def total_loss(
@@ -142,7 +142,7 @@ def total_loss(
         )
     if cfg.count_weight > 0 and "count_prediction" in outputs:
         mask = outputs.get("count_mask", batch["asv_mask"])
-        terms.append((cfg.count_weight, "count", count_loss(outputs["count_prediction"], batch["counts"], mask)))
+        terms.append((cfg.count_weight, "count", count_loss(outputs["count_prediction"], outputs["count_target"], mask)))
 
     if not terms:
         return _zero(outputs["sample_embedding"]), {}

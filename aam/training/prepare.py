@@ -73,6 +73,7 @@ def encode_frozen(cfg: RunConfig, static: StaticData, rows: pa.Table) -> StaticD
     import torch
 
     from aam.data.collate import BatchSpec, collate
+    from aam.models.model import count_features
     from aam.training.checkpoint import load_model
 
     bundle = load_model(cfg.pretrained_encoder)
@@ -89,7 +90,8 @@ def encode_frozen(cfg: RunConfig, static: StaticData, rows: pa.Table) -> StaticD
             batch = collate(rows.slice(start, 128), spec)
             slots = asv_vectors[batch["asv_ids"]][batch["asv_index"]]
             hidden = torch.zeros_like(batch["asv_mask"])
-            vectors, _ = model.sample_encoder(slots, batch["asv_mask"], torch.log1p(batch["counts"]), hidden)
+            features = count_features(batch, bundle.config.count_feature)
+            vectors, _ = model.sample_encoder(slots, batch["asv_mask"], features, hidden)
             chunks.append(vectors.float())
     return dataclasses.replace(
         static, asv_vectors=asv_vectors.float().numpy(), sample_ids=rows.column("sample_id").to_pylist(),

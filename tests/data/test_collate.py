@@ -58,6 +58,14 @@ def test_token_limit_keeps_the_first_most_abundant_slots():
     assert b["tokens"].shape[0] == 2  # ASV 3 is not encoded at all
 
 
+def test_depth_counts_every_read_of_the_sample_not_only_the_kept_slots():
+    table = rows([[1, 2, 3], [0]], [[9, 2, 1], [4]], [1.0, 2.0])
+    assert collate(table, spec(limit=2))["depth"].tolist() == [12.0, 4.0]  # summed when no depth column
+    # a converted dataset's depth column (all reads, before any ASV was dropped) wins
+    with_depth = table.append_column("depth", pa.array([20, 5], pa.int64()))
+    assert collate(with_depth, spec(limit=2))["depth"].tolist() == [20.0, 5.0]
+
+
 def test_token_columns_that_are_padding_for_the_whole_batch_are_trimmed():
     b = collate(rows([[2, 3]], [[4, 1]], [1.0]), spec())
     assert b["tokens"].shape[1] == 3  # longest of ASVs 2 and 3

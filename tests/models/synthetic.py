@@ -6,6 +6,9 @@ Every sample holds the same ASV pool, or a random part of it; counts are drawn p
 targets are built from three signals a test can combine:
     presence   +1 / -1: whether marker ASV 0 is in the sample (the model sees it in the ASV set)
     abundance  standardised log count of ASV 1, which every sample holds (counts only)
+    share      standardised log of that ASV's share of all its sample's reads; with `unseen_reads`
+               each sample also holds reads of ASVs outside its slots (as beyond token_limit):
+               in the sample's depth, never in its counts
     category   a categorical column with two categories (codes 1, 2)
 """
 
@@ -29,6 +32,7 @@ class World:
     batch: dict  # the model batch of every sample
     presence: np.ndarray  # [N] +1 / -1
     abundance: np.ndarray  # [N] standardised log1p(count of ASV 1)
+    share: np.ndarray  # [N] standardised log(ASV 1's share of the sample's depth)
     category: np.ndarray  # [N] codes 1 or 2
     n_train: int
 
@@ -41,7 +45,8 @@ class World:
         return take(slice(0, cut)), take(slice(cut, None))
 
 
-def make_world(n_samples: int = 192, n_train: int = 128, seed: int = 0, same_asvs: bool = False) -> World:
+def make_world(n_samples: int = 192, n_train: int = 128, seed: int = 0, same_asvs: bool = False,
+               unseen_reads: bool = False) -> World:
     rng = np.random.default_rng(seed)
     tokens = torch.as_tensor(rng.integers(1, 5, size=(N_ASVS, SEQ_LEN)))
     asv_index = np.zeros((n_samples, SLOTS), dtype=np.int64)
@@ -57,18 +62,25 @@ def make_world(n_samples: int = 192, n_train: int = 128, seed: int = 0, same_asv
         counts[i] = rng.integers(5, 2000, size=SLOTS)
     if same_asvs:
         presence[:] = 1.0
-    log_abundance = np.log1p(counts[:, 1] if not same_asvs else counts[:, 0])
+    marker = counts[:, 1] if not same_asvs else counts[:, 0]
+    log_abundance = np.log1p(marker)
     abundance = (log_abundance - log_abundance.mean()) / log_abundance.std()
+    depth = counts.sum(axis=1)
+    if unseen_reads:  # up to 20x the reads in the slots again
+        depth = depth * (1.0 + np.exp(rng.uniform(np.log(0.05), np.log(20.0), size=n_samples)))
+    log_share = np.log(marker / depth)
+    share = (log_share - log_share.mean()) / log_share.std()
     category = rng.integers(1, 3, size=n_samples)
     batch = {
         "tokens": tokens,
         "asv_index": torch.as_tensor(asv_index),
         "asv_mask": torch.ones(n_samples, SLOTS, dtype=torch.bool),
         "counts": torch.as_tensor(counts),
+        "depth": torch.as_tensor(depth.astype(np.float32)),
         "unifrac_row": torch.full((n_samples,), -1),
         "categoricals": torch.as_tensor(category[:, None]),
     }
-    return World(batch, presence, abundance, category, n_train)
+    return World(batch, presence, abundance, share, category, n_train)
 
 
 def learn_cfg(**changes) -> RunConfig:

@@ -192,6 +192,17 @@ def test_padding_does_not_change_outputs(count_embed):
     assert_same(ref, model(longer))
 
 
+def test_relative_counts_give_the_same_outputs_at_any_sequencing_depth():
+    """The same sample sequenced 4x deeper: every count and the depth x4."""
+    batch = make_batch()
+    batch["depth"] = batch["counts"].sum(dim=1) + 100.0  # reads beyond the slots count too
+    deeper = {**batch, "counts": batch["counts"] * 4, "depth": batch["depth"] * 4}
+    relative = eval_model(small_cfg(count_embed="concat", count_feature="relative"))
+    assert_same(relative(batch), relative(deeper))
+    raw = eval_model(small_cfg(count_embed="concat", count_feature="log1p"))
+    assert not torch.allclose(raw(batch)["sample_embedding"], raw(deeper)["sample_embedding"], atol=1e-3)
+
+
 def test_sample_encoder_ignores_slot_order():
     model = eval_model()
     batch = make_batch()

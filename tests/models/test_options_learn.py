@@ -25,6 +25,16 @@ def test_a_target_of_abundance_alone_needs_a_count_embedding(count_embed):
     assert r2(without["prediction"], actual) < 0.1
 
 
+def test_a_share_of_reads_beyond_the_slots_needs_relative_counts():
+    """The model sees only its slots' counts (token_limit cuts the rest); `relative` divides by the
+    whole sample's depth, so a share of all reads is learnable, and from raw counts it is not."""
+    world = make_world(same_asvs=True, unseen_reads=True)
+    relative, actual = _fit(learn_cfg(count_embed="concat", count_feature="relative"), world, world.share)
+    raw, _ = _fit(learn_cfg(count_embed="concat", count_feature="log1p"), world, world.share)
+    assert r2(relative["prediction"], actual) > 0.9
+    assert r2(raw["prediction"], actual) < 0.5
+
+
 def test_a_sign_that_flips_with_a_category_is_learned_by_moe_routed_on_it():
     world = make_world()
     y = world.presence * np.where(world.category == 1, 1.0, -1.0)

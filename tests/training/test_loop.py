@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from aam.config import RunConfig
+from aam.errors import AamUserError
 from aam.data.collate import BatchSpec
 from aam.training.checkpoint import load_model
 from aam.training.loop import Session, fit, predict_rows, resume_state
@@ -143,6 +144,10 @@ def test_pretrain_without_targets_then_fine_tune_a_frozen_encoder(example_datase
         torch.testing.assert_close(before[key], after[key])  # frozen: not one weight moved
     head_key = next(k for k in after if k.startswith("head.") and k.endswith("weight"))
     assert head_key in after
+
+    # an encoder that read log1p counts would be fed another scale: refused, naming both
+    with pytest.raises(AamUserError, match="count_feature=log1p, this run count_feature=relative"):
+        run(tiny_cfg(example_dataset, pretrained_encoder=str(pretrained), count_feature="relative"))
 
 
 def test_train_on_val_keeps_the_last_epoch(example_dataset):

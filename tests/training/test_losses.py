@@ -92,8 +92,8 @@ def test_nucleotide_and_count_losses():
     counts = torch.tensor([[3.0, 10.0, 0.0], [1.0, 0.0, 0.0]])
     mask = torch.tensor([[True, True, False], [True, False, False]])
     expected = ((1 - math.log(4)) ** 2 + (2 - math.log(11)) ** 2 + (0.5 - math.log(2)) ** 2) / 3
-    assert count_loss(pred, counts, mask).item() == pytest.approx(expected, rel=1e-6)
-    assert count_loss(pred, counts, torch.zeros_like(mask)).item() == 0.0
+    assert count_loss(pred, torch.log1p(counts), mask).item() == pytest.approx(expected, rel=1e-6)
+    assert count_loss(pred, torch.log1p(counts), torch.zeros_like(mask)).item() == 0.0
 
 
 def _outputs_and_batch():
@@ -106,6 +106,7 @@ def _outputs_and_batch():
         "nucleotide_labels": torch.tensor([1, 2, 3, 4, 5, 1]),
         "count_prediction": emb[:, :2] + 1,
         "count_mask": torch.tensor([[True, False]] * 4),
+        "count_target": torch.log1p(torch.tensor([[3.0, 5.0]] * 4)),
     }
     batch = {
         "targets": torch.tensor([[0.5], [NAN], [1.0], [-1.0]]),
@@ -124,7 +125,7 @@ def test_total_loss_is_the_weighted_sum_of_its_parts():
     assert set(parts) == {"target", "unifrac", "nucleotide", "count"}
     assert not any(v.requires_grad for v in parts.values())
     torch.testing.assert_close(parts["target"], target_loss(outputs["prediction"], batch["targets"], "mae"))
-    torch.testing.assert_close(parts["count"], count_loss(outputs["count_prediction"], batch["counts"],
+    torch.testing.assert_close(parts["count"], count_loss(outputs["count_prediction"], outputs["count_target"],
                                                           outputs["count_mask"]))
     expected = parts["target"] + 0.5 * parts["unifrac"] + 0.1 * parts["nucleotide"] + 0.2 * parts["count"]
     torch.testing.assert_close(loss.detach(), expected)
