@@ -25,6 +25,14 @@ sample x samples/s. The GPU figures of the performance issue (D=128 and 256, tok
     python benchmarks/throughput.py --data DIR --device cuda --variants fast,reference \
         --set d_model=128 --set token_limit=1024 --set batch_size=32
 
+With --batch-sizes 16,32,64,... it sweeps the batch size instead (one variant, the first of
+--variants): samples/s and, on a GPU, peak memory per size, going up until a size runs out of
+device memory. The largest size that fits under 90% of the device's memory is the batch that
+fills it; the fastest size is reported beside it (they differ when a bigger batch stops paying):
+
+    python benchmarks/throughput.py --data DIR --device cuda --variants fast \
+        --set d_model=128 --set token_limit=1024 --batch-sizes 16,32,64,128,256,512
+
     python benchmarks/throughput.py --data /tmp/bench/mouse --steps 10
     python benchmarks/throughput.py --data /tmp/bench/mini --steps 2 --warmup 1   # a smoke run
 """
@@ -198,6 +206,42 @@ def measure(base: RunConfig, variants: dict[str, dict], steps: int, warmup: int,
     return {name: t.summary() for name, t in trainers.items()}
 
 
+FILL_FRACTION = 0.9  # of the device's memory: headroom for batches longer than the measured ones
+
+
+def sweep_batch_sizes(base: RunConfig, variant: str, sizes: list[int], steps: int, warmup: int, static, train_rows,
+                      device: torch.device, verbose: bool = True) -> list[dict]:
+    """One variant at each batch size, smallest first, until a size runs out of device memory."""
+    out = []
+    for size in sorted(set(sizes)):
+        cfg = base.replace(batch_size=size)
+        try:
+            result = measure(cfg, {variant: VARIANTS[variant]}, steps, warmup, static, train_rows, verbose=False,
+                             device=device)[variant]
+        except torch.OutOfMemoryError:
+            out.append({"batch_size": size, "fits": False})
+            torch.cuda.empty_cache()
+            break  # every larger size needs more
+        out.append({"batch_size": size, "fits": True, "samples_per_step": result["samples"] / result["steps"],
+                    **result})
+        if verbose:
+            peak = result["peak_memory_gib"]
+            print(f"  batch {size}: {result['samples_per_s']:.1f} samples/s"
+                  + (f", peak {peak:.2f} GiB" if peak is not None else ""), flush=True)
+    return out
+
+
+def fill_choice(sweep: list[dict], device_gib: float | None) -> dict:
+    """The largest batch under FILL_FRACTION of the device's memory, and the fastest batch."""
+    fitting = [r for r in sweep if r["fits"]]
+    if not fitting:
+        return {"fills_device": None, "fastest": None}
+    under = [r for r in fitting
+             if device_gib is None or r["peak_memory_gib"] is None or r["peak_memory_gib"] <= FILL_FRACTION * device_gib]
+    return {"fills_device": under[-1]["batch_size"] if under else None,
+            "fastest": max(fitting, key=lambda r: r["samples_per_s"])["batch_size"]}
+
+
 def dataset_stats(train_rows, token_limit: int) -> dict:
     lengths = np.diff(train_rows.column("asv_idx").combine_chunks().offsets.to_numpy())
     return {
@@ -221,6 +265,8 @@ def main(argv=None) -> dict:
                         help=f"comma list of {', '.join(VARIANTS)} (default: {', '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change the reference config (run-config key), e.g. --set d_model=32")
+    parser.add_argument("--batch-sizes", help="comma list: sweep the batch size of the first variant instead "
+                        "(stops at the first size that runs out of device memory)")
     parser.add_argument("--out", help="results JSON (default benchmarks/results/throughput-<data>.json)")
     args = parser.parse_args(argv)
 
@@ -240,8 +286,10 @@ def main(argv=None) -> dict:
     print(f"data: {args.data}: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
     print(f"{args.warmup} warm-up + {args.steps} measured steps per variant, variants interleaved")
 
-    started = time.perf_counter()
     device = torch.device(args.device)
+    if args.batch_sizes:
+        return batch_sweep_main(args, base, chosen[0], static, train_rows, stats, config, device, info)
+    started = time.perf_counter()
     results = measure(base, {v: VARIANTS[v] for v in chosen}, args.steps, args.warmup, static, train_rows,
                       device=device, flops=not args.no_flops)
     wall = time.perf_counter() - started
@@ -283,6 +331,50 @@ def main(argv=None) -> dict:
         "machine": info,
     }
     write_json(args.out, f"throughput-{Path(args.data).name}.json", payload)
+    return payload
+
+
+def batch_sweep_main(args, base: RunConfig, variant: str, static, train_rows, stats: dict, config: dict,
+                     device: torch.device, info: dict) -> dict:
+    try:
+        sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--batch-sizes {args.batch_sizes!r}: expected whole numbers, e.g. 16,32,64") from None
+    if not sizes or min(sizes) < 2:
+        raise SystemExit(f"--batch-sizes {args.batch_sizes!r}: give sizes of 2 or more, e.g. 16,32,64")
+    if max(sizes) > train_rows.num_rows:  # a batch cannot hold more samples than the split has
+        raise SystemExit(f"--batch-sizes: {max(sizes)} is more than the {train_rows.num_rows} training samples "
+                         f"of {args.data}; give sizes up to {train_rows.num_rows}")
+    started = time.perf_counter()
+    sweep = sweep_batch_sizes(base, variant, sizes, args.steps, args.warmup, static, train_rows, device)
+    wall = time.perf_counter() - started
+    device_gib = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
+    choice = fill_choice(sweep, device_gib)
+    print_table(["batch", "samples/step", "samples/s", "median step s", "peak GiB"],
+                [[r["batch_size"], r.get("samples_per_step", "-"),
+                  r["samples_per_s"] if r["fits"] else "out of memory", r.get("median_step_s", "-"),
+                  "-" if r.get("peak_memory_gib") is None else f"{r['peak_memory_gib']:.2f}"] for r in sweep],
+                title=f"batch-size sweep of '{variant}' on {args.data}, {device} ({args.steps} steps each)")
+    if device_gib is not None:
+        print(f"\nfills the device (peak <= {FILL_FRACTION:.0%} of {device_gib:.0f} GiB): batch {choice['fills_device']}")
+    print(f"fastest: batch {choice['fastest']}")
+    payload = {
+        "benchmark": "throughput-batch-sweep",
+        "data": str(Path(args.data).resolve()),
+        "dataset": stats,
+        "config": config,
+        "variant": variant,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "sweep": sweep,
+        **choice,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "device_memory_gib": device_gib,
+        "wall_s": wall,
+        "machine": info,
+    }
+    write_json(args.out, f"throughput-batches-{Path(args.data).name}.json", payload)
     return payload
 
 
