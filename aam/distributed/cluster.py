@@ -52,6 +52,9 @@ def quiet_ray_loggers() -> None:
     report_logger = os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
     for name in ("ray.data", "ray.train", "ray.tune", report_logger):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # "Progress bars disabled. To enable, set ...": a warning, per process, about our own choice
+    # (RAY_DATA_DISABLE_PROGRESS_BARS: bars garble the per-epoch lines)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def setup_worker() -> None:

@@ -80,6 +80,7 @@ def test_train_then_predict_from_the_command_line(example_dataset, ray_cluster, 
     assert "Reporting training result" not in output and "Starting execution of Dataset" not in output
     assert "Traceback" not in output and "multiple active Ray instances" not in output, output[-3000:]
     assert "is deprecated" not in output  # Ray Train's own deprecation warning, which no user can act on
+    assert "Progress bars disabled" not in output  # Ray Data's nag about a choice aam made
     assert "epoch   1/1" in output  # while our own progress line is there
     predictions = tmp_path / "predictions.tsv"
     predicted = aam("predict", "--model", run, "--table", path("mouse_age_mini") / "feature-table.biom",
