@@ -314,24 +314,29 @@ def main(argv=None) -> dict:
     if "fast_bf16" in results and "reference" in results:
         bf16_ratio = results["fast_bf16"]["samples_per_s"] / results["reference"]["samples_per_s"]
         print(f"fast_bf16 / reference = {bf16_ratio:.2f}x")
-    payload = {
-        "benchmark": "throughput",
+    payload = run_record("throughput", args, stats, config, device, wall, info,
+                         variants={v: VARIANTS[v] for v in chosen}, results=results,
+                         fast_over_reference=ratio, fast_bf16_over_reference=bf16_ratio)
+    write_json(args.out, f"throughput-{Path(args.data).name}.json", payload)
+    return payload
+
+
+def run_record(benchmark: str, args, stats: dict, config: dict, device: torch.device, wall: float, info: dict,
+               **measured) -> dict:
+    """The results JSON of either mode: what was run, where, and what it measured."""
+    return {
+        "benchmark": benchmark,
         "data": str(Path(args.data).resolve()),
         "dataset": stats,
         "config": config,
         "steps": args.steps,
         "warmup": args.warmup,
-        "variants": {v: VARIANTS[v] for v in chosen},
-        "results": results,
-        "fast_over_reference": ratio,
-        "fast_bf16_over_reference": bf16_ratio,
+        **measured,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "wall_s": wall,
         "machine": info,
     }
-    write_json(args.out, f"throughput-{Path(args.data).name}.json", payload)
-    return payload
 
 
 def batch_sweep_main(args, base: RunConfig, variant: str, static, train_rows, stats: dict, config: dict,
@@ -358,22 +363,8 @@ def batch_sweep_main(args, base: RunConfig, variant: str, static, train_rows, st
     if device_gib is not None:
         print(f"\nfills the device (peak <= {FILL_FRACTION:.0%} of {device_gib:.0f} GiB): batch {choice['fills_device']}")
     print(f"fastest: batch {choice['fastest']}")
-    payload = {
-        "benchmark": "throughput-batch-sweep",
-        "data": str(Path(args.data).resolve()),
-        "dataset": stats,
-        "config": config,
-        "variant": variant,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "sweep": sweep,
-        **choice,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "device_memory_gib": device_gib,
-        "wall_s": wall,
-        "machine": info,
-    }
+    payload = run_record("throughput-batch-sweep", args, stats, config, device, wall, info,
+                         variant=variant, sweep=sweep, **choice, device_memory_gib=device_gib)
     write_json(args.out, f"throughput-batches-{Path(args.data).name}.json", payload)
     return payload
 
