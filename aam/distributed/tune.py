@@ -115,6 +115,18 @@ class ProgressPrinter(Callback):
         self.started = time.monotonic()
         self.counts = {"finished": 0, "stopped early": 0, "failed": 0}
 
+    def setup(self, **info):
+        # the clock of this driver: a resumed search's callback comes back as it was pickled when the
+        # search began, and would count the time the search was not running
+        self.started = time.monotonic()
+
+    def get_state(self) -> dict:
+        """Tune checkpoints this with the experiment, so a resumed search keeps its best and tally."""
+        return {"best": self.best, "counts": dict(self.counts)}
+
+    def set_state(self, state: dict) -> None:
+        self.best, self.counts = state["best"], dict(state["counts"])
+
     def on_trial_start(self, iteration, trials, trial, **info):
         running = 1 + sum(t.status == "RUNNING" for t in trials if t is not trial)  # its own status lags
         self.say(f"{trial.trial_id} started ({running} running)")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -66,12 +67,21 @@ def test_a_search_killed_with_sigkill_resumes_without_losing_or_rerunning_trials
         driver.wait()
     before = reported_epochs(experiment)
     assert sum(e[-1:] != [4] for e in before.values()) + (6 - len(before)) >= 1  # work was left undone
+    best_before = min(json.loads(line)["val_mae"] for result in experiment.glob("trial_*/result.json")
+                      for line in result.read_text().splitlines() if line.strip().startswith("{"))
 
     # in-process trials: the resumed driver may run without the dashboard
+    started = time.monotonic()
     resumed = subprocess.run([AAM, "tune", "--resume", str(experiment), "--no-dashboard"], env=ENV,
                              capture_output=True, text=True, timeout=600)
+    wall = time.monotonic() - started
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Ray dashboard" not in resumed.stderr
+    # progress lines: the clock is this driver's, and "best so far" counts the trials run before the kill
+    stamps = [float(m) for m in re.findall(r"^\[\s*([0-9.]+)s\]", resumed.stdout, flags=re.M)]
+    assert stamps and max(stamps) <= wall, (wall, resumed.stdout[:2000])
+    bests = [float(m) for m in re.findall(r"\(best ([0-9.]+) by", resumed.stdout)]
+    assert bests and all(b <= best_before * (1 + 1e-3) for b in bests), (best_before, resumed.stdout[:2000])
     result = read_experiment(experiment)
     assert len(result.trials) == 6
     assert [t.status for t in result.trials] == ["finished"] * 6
