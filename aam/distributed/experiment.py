@@ -25,7 +25,7 @@ SPACE_FILE = "aam-space.yaml"
 class Trial:
     trial_id: str
     path: Path
-    status: str  # finished | stopped early | running | pending | failed
+    status: str  # finished | stopped early | running | pending | failed (| unrecorded)
     config: dict
     history: list[dict] = field(default_factory=list)
     best: float = math.nan  # the objective at the trial's best epoch
@@ -117,6 +117,25 @@ def resolve_trial(spec: str | Path) -> Trial:
     if (spec.parent / SPACE_FILE).is_file():
         return read_experiment(spec.parent).trial(spec.name)
     raise AamUserError(f"{spec}: neither an experiment folder (STORAGE/NAME) nor a trial in one (STORAGE/NAME/TRIAL)")
+
+
+def unrecorded_trials(path: Path) -> list[Trial]:
+    """Trial folders that Tune's newest experiment state does not list.
+
+    Tune saves that state about once a second (TUNE_GLOBAL_CHECKPOINT_S). A driver killed within
+    the second after it started a trial leaves the trial's folder without the record, and a
+    resumed search never continues it: Tune samples its place again as a new trial.
+    """
+    if not any(path.glob("experiment_state-*.json")):
+        return []
+    recorded = _trial_states(path)
+    out = []
+    for trial_dir in sorted(p for p in path.glob("trial_*") if p.is_dir()):
+        trial_id = trial_dir.name.removeprefix("trial_")
+        if trial_id not in recorded:
+            history = _history(trial_dir / "result.json")
+            out.append(Trial(trial_id, trial_dir, "unrecorded", _config(trial_dir), history, epochs_done=len(history)))
+    return out
 
 
 def _trial_states(path: Path) -> dict[str, dict]:

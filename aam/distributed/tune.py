@@ -21,12 +21,14 @@ from ray.tune import Callback
 
 from aam.config import DATASET_NAMED_FIELDS, RunConfig, check_dataset_value
 from aam.distributed.cluster import ray_runtime
+from aam.distributed.experiment import unrecorded_trials
 from aam.distributed.space import SearchSpace
 from aam.errors import AamUserError
 from aam.training.loop import Session, StaticData, checkpoint_resume_state, fit
 from aam.training.prepare import load_static, refit_transform
 
 SPACE_FILE = "aam-space.yaml"  # the resolved space, beside Tune's own files
+UNRECORDED_DIR = "unrecorded"  # trial folders a killed driver started but Tune never recorded
 
 
 class TuneSession(Session):
@@ -210,6 +212,8 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
         trainable = _trainable(space, probe, static, train_rows)
         if resume:
             print(f"resuming {experiment}", flush=True)
+            if isinstance(experiment, Path):
+                _set_aside_unrecorded(experiment)
             tuner = ray.tune.Tuner.restore(
                 str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
             )
@@ -238,6 +242,25 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
             )
         tuner.fit()
     return experiment
+
+
+def _set_aside_unrecorded(experiment: Path) -> None:
+    """Move trial folders the killed driver never recorded out of the experiment's trials.
+
+    Tune will not continue them, so left in place they would read as trials that never finish
+    (`aam runs`) and the search would seem to hold more trials than it ran.
+    """
+    trials = unrecorded_trials(experiment)
+    if not trials:
+        return
+    aside = experiment / UNRECORDED_DIR
+    aside.mkdir(exist_ok=True)
+    for trial in trials:
+        trial.path.rename(aside / trial.path.name)
+    described = ", ".join(f"{t.path.name} ({t.epochs_done} epoch{'' if t.epochs_done == 1 else 's'})" for t in trials)
+    print(f"{described}: started just before the search was stopped but not yet in Tune's "
+          f"experiment state, so Tune cannot continue them; moved to {aside}, Tune samples their places again",
+          flush=True)
 
 
 def _trial_name(trial) -> str:

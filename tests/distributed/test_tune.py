@@ -1,6 +1,7 @@
 """A small real search: Ray Tune + Optuna + ASHA on the bundled data, then runs / export / best-of."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -103,3 +104,21 @@ def test_best_of_retrains_the_best_trial_and_compares_with_its_score(experiment,
     # same config, same seed, same data: the retrained run lands on the trial's score
     assert retrained == pytest.approx(best.best, rel=1e-3)
     assert load_model(out).config.lr == pytest.approx(best.config["lr"])
+
+
+def test_resume_sets_aside_a_trial_folder_tune_never_recorded(experiment, tmp_path):
+    # what a driver killed within Tune's snapshot second leaves: a trial folder its state does not list
+    copy = tmp_path / "small"
+    shutil.copytree(experiment, copy)
+    finished = read_experiment(copy).trials
+    shutil.copytree(finished[0].path, copy / "trial_neverrecorded")
+    assert len(read_experiment(copy).trials) == len(finished) + 1
+
+    result = CliRunner().invoke(app, ["tune", "--resume", str(copy)])
+    assert result.exit_code == 0, result.output
+    epochs = finished[0].epochs_done
+    assert f"trial_neverrecorded ({epochs} epoch{'' if epochs == 1 else 's'})" in result.output
+    assert (copy / "unrecorded" / "trial_neverrecorded" / "result.json").is_file()  # moved, not deleted
+    resumed = read_experiment(copy)
+    assert sorted(t.trial_id for t in resumed.trials) == sorted(t.trial_id for t in finished)
+    assert [t.status for t in resumed.trials] == [t.status for t in finished]
