@@ -112,7 +112,7 @@ def best_trial(experiment: Path) -> dict:
     exp = read_experiment(experiment)
     best = exp.best()
     return {"trial": best.path.name, "metric": exp.metric, "score": best.best, "epoch": best.best_epoch,
-            "trials": len(exp.trials), "searched": {k: best.config.get(k) for k in exp.searched}}
+            "trials": len(exp.trials), "searched": exp.sampled(best)}
 
 
 def run_dataset(label: str, data: Path, args, work: Path) -> dict:

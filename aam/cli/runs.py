@@ -33,7 +33,9 @@ def print_leaderboard(experiment, fmt: str, baselines: tuple[Path, ...] = ()) ->
         print(f"{experiment.path}: {len(board)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}){extra}, "
               f"ranked by {experiment.metric} ({experiment.mode})")
         if len(shown):
-            print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+            # "-": a metric not reported, or a conditional key the trial did not sample
+            blanks = {c: shown[c].where(shown[c].notna(), "-") for c in shown.columns if shown[c].dtype == object}
+            print(shown.assign(**blanks).to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
 
 
 @app.command()

@@ -44,8 +44,32 @@ class Experiment:
     path: Path
     metric: str
     mode: str
-    searched: list[str]
+    search: dict  # the space file's `search:` section, as written
     trials: list[Trial]
+
+    @property
+    def searched(self) -> list[str]:
+        return list(self.search)
+
+    def sampled(self, trial: Trial) -> dict:
+        """The searched keys this trial sampled, with their values.
+
+        A conditional key whose `when:` did not hold was not sampled: the trial ran its config
+        default, which is not a result of the search and is left out.
+        """
+        taken: dict = {}
+        grown = True
+        while grown:  # a child may be listed before its parent
+            grown = False
+            for key, spec in self.search.items():
+                if key in taken or key not in trial.config:
+                    continue
+                branches = spec if isinstance(spec, list) else [spec]
+                if any(all(p in taken and taken[p] in values for p, values in (b.get("when") or {}).items())
+                       for b in branches):
+                    taken[key] = trial.config[key]
+                    grown = True
+        return {key: taken[key] for key in self.search if key in taken}
 
     def ranked(self) -> list[Trial]:
         scored = [t for t in self.trials if not math.isnan(t.best)]
@@ -74,8 +98,9 @@ class Experiment:
             for key in ("val_mae", "val_r2", "test_mae", "test_r2"):
                 if key in last and key != self.metric:
                     row[key] = last[key]
+            sampled = self.sampled(t)
             for key in self.searched:
-                row[key] = t.config.get(key)
+                row[key] = sampled.get(key)  # blank: a conditional this trial did not sample
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -106,7 +131,7 @@ def read_experiment(path: str | Path) -> Experiment:
     for trial_id, state in states.items():
         if not any(t.trial_id == trial_id for t in trials):
             trials.append(Trial(trial_id, path / f"trial_{trial_id}", _status(state, [], {}, space), {}))
-    return Experiment(path, metric, mode, list(space.get("search", {})), trials)
+    return Experiment(path, metric, mode, space.get("search") or {}, trials)
 
 
 def resolve_trial(spec: str | Path) -> Trial:

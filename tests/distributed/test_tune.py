@@ -70,6 +70,7 @@ def test_runs_lists_the_trials_best_first_as_table_tsv_and_json(experiment):
     runner = CliRunner()
     table = runner.invoke(app, ["runs", str(experiment)])
     assert table.exit_code == 0 and "6 trials" in table.output
+    assert "None" not in table.output and "NaN" not in table.output  # blanks read "-"
     tsv = runner.invoke(app, ["runs", str(experiment), "--format", "tsv"])
     frame = pd.read_csv(pd.io.common.StringIO(tsv.output), sep="\t")
     assert list(frame["rank"]) == list(range(1, 7))
@@ -78,6 +79,11 @@ def test_runs_lists_the_trials_best_first_as_table_tsv_and_json(experiment):
     assert {"lr", "head", "status", "epochs"} <= set(frame.columns)
     parsed = json.loads(runner.invoke(app, ["runs", str(experiment), "--format", "json"]).output)
     assert parsed["metric"] == "val_mae" and len(parsed["trials"]) == 6
+    # head_hidden is searched only for an mlp head: a linear-head trial shows it blank, not its default
+    by_head = {row["head"]: row["head_hidden"] for row in parsed["trials"]}
+    assert set(by_head) == {"linear", "mlp"}
+    assert all((row["head_hidden"] is None) == (row["head"] == "linear") for row in parsed["trials"])
+    assert frame.loc[frame["head"] == "linear", "head_hidden"].isna().all()
 
 
 def test_export_copies_the_best_model_without_retraining(experiment, tmp_path):
