@@ -107,11 +107,16 @@ def load_encoder_weights(model, source: str | Path) -> dict:
             f"pretrained_encoder={source}: its encoder ({shape}) does not fit this model "
             f"(first mismatch: {mismatched[0]}); use the same encoder settings"
         )
-    source_feature = source_cfg.get("count_feature", "log1p")  # runs before the option read log1p
-    if model.cfg.count_embed != "off" and source_feature != model.cfg.count_feature:
-        raise AamUserError(
-            f"pretrained_encoder={source}: its encoder read count_feature={source_feature}, this run "
-            f"count_feature={model.cfg.count_feature}; use the same count_feature"
-        )
+    # runs from before the option existed read log1p
+    check_count_feature(model.cfg, source, source_cfg.get("count_feature", "log1p"))
     model.load_state_dict(encoder, strict=False)
     return source_cfg
+
+
+def check_count_feature(cfg, source: str | Path, source_feature: str) -> None:
+    """A pretrained encoder fed counts on another scale than it learned is refused, naming both."""
+    if cfg.count_embed != "off" and source_feature != cfg.count_feature:
+        raise AamUserError(
+            f"pretrained_encoder={source}: its encoder read count_feature={source_feature}, this run "
+            f"count_feature={cfg.count_feature}; use the same count_feature"
+        )

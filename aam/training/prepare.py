@@ -74,9 +74,10 @@ def encode_frozen(cfg: RunConfig, static: StaticData, rows: pa.Table) -> StaticD
 
     from aam.data.collate import BatchSpec, collate
     from aam.models.model import count_features
-    from aam.training.checkpoint import load_model
+    from aam.training.checkpoint import check_count_feature, load_model
 
     bundle = load_model(cfg.pretrained_encoder)
+    check_count_feature(cfg, cfg.pretrained_encoder, bundle.config.count_feature)  # before encoding, not after
     if bundle.token_width < static.tokens.shape[1]:
         raise AamUserError(f"pretrained_encoder={cfg.pretrained_encoder}: trained on sequences of up to "
                            f"{bundle.token_width} bp, this dataset has {static.tokens.shape[1]} bp; use the same trimming")

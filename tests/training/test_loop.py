@@ -148,6 +148,10 @@ def test_pretrain_without_targets_then_fine_tune_a_frozen_encoder(example_datase
     # an encoder that read log1p counts would be fed another scale: refused, naming both
     with pytest.raises(AamUserError, match="count_feature=log1p, this run count_feature=relative"):
         run(tiny_cfg(example_dataset, pretrained_encoder=str(pretrained), count_feature="relative"))
+    # frozen and cached: refused where the cache would be computed, before encoding the dataset
+    with pytest.raises(AamUserError, match="count_feature=log1p, this run count_feature=relative"):
+        load_static(tiny_cfg(example_dataset, pretrained_encoder=str(pretrained), freeze_encoder=True,
+                             count_feature="relative"))
 
 
 def test_train_on_val_keeps_the_last_epoch(example_dataset):
