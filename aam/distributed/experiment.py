@@ -114,7 +114,7 @@ def read_experiment(path: str | Path) -> Experiment:
         raise AamUserError(f"{path}: not an aam experiment folder (no {SPACE_FILE}); pass STORAGE/NAME from `aam tune`")
     space = yaml.safe_load(space_file.read_text())
     metric, mode = space["objective"]["metric"], space["objective"]["mode"]
-    states = _trial_states(path)
+    states = _trial_states(path) or {}
     trials = []
     for trial_dir in sorted(p for p in path.glob("trial_*") if p.is_dir()):
         trial_id = trial_dir.name.removeprefix("trial_")
@@ -151,9 +151,9 @@ def unrecorded_trials(path: Path) -> list[Trial]:
     the second after it started a trial leaves the trial's folder without the record, and a
     resumed search never continues it: Tune samples its place again as a new trial.
     """
-    if not any(path.glob("experiment_state-*.json")):
-        return []
     recorded = _trial_states(path)
+    if recorded is None:
+        return []
     out = []
     for trial_dir in sorted(p for p in path.glob("trial_*") if p.is_dir()):
         trial_id = trial_dir.name.removeprefix("trial_")
@@ -163,11 +163,15 @@ def unrecorded_trials(path: Path) -> list[Trial]:
     return out
 
 
-def _trial_states(path: Path) -> dict[str, dict]:
+def _trial_states(path: Path) -> dict[str, dict] | None:
+    """Tune's record of each trial, from its newest experiment state; None when there is none to read."""
     files = sorted(path.glob("experiment_state-*.json"))
     if not files:
-        return {}
-    data = json.loads(files[-1].read_text())
+        return None
+    try:
+        data = json.loads(files[-1].read_text())
+    except json.JSONDecodeError:  # cut short by a kill mid-write: the trials' own files still tell
+        return None
     out = {}
     for trial_json, runtime_json in data.get("trial_data", []):
         trial = json.loads(trial_json)

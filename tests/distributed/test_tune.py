@@ -128,3 +128,14 @@ def test_resume_sets_aside_a_trial_folder_tune_never_recorded(experiment, tmp_pa
     resumed = read_experiment(copy)
     assert sorted(t.trial_id for t in resumed.trials) == sorted(t.trial_id for t in finished)
     assert [t.status for t in resumed.trials] == [t.status for t in finished]
+
+
+def test_runs_reads_an_experiment_whose_tune_state_was_cut_short(experiment, tmp_path):
+    copy = tmp_path / "small"
+    shutil.copytree(experiment, copy)
+    state = sorted(copy.glob("experiment_state-*.json"))[-1]
+    state.write_text(state.read_text()[:1000])  # a driver killed while Tune wrote it
+    result = CliRunner().invoke(app, ["runs", str(copy), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    statuses = {row["trial"]: row["status"] for row in json.loads(result.output)["trials"]}
+    assert statuses == {t.path.name: t.status for t in read_experiment(experiment).trials}  # told by result.json
