@@ -163,14 +163,26 @@ def unrecorded_trials(path: Path) -> list[Trial]:
     return out
 
 
-def _trial_states(path: Path) -> dict[str, dict] | None:
-    """Tune's record of each trial, from its newest experiment state; None when there is none to read."""
+def cut_short_state(path: Path) -> Path | None:
+    """Tune's newest experiment state when a kill cut it short mid-write (it is not whole JSON)."""
+    file, data = _newest_state(path)
+    return file if file is not None and data is None else None
+
+
+def _newest_state(path: Path) -> tuple[Path | None, dict | None]:
     files = sorted(path.glob("experiment_state-*.json"))
     if not files:
-        return None
+        return None, None
     try:
-        data = json.loads(files[-1].read_text())
-    except json.JSONDecodeError:  # cut short by a kill mid-write: the trials' own files still tell
+        return files[-1], json.loads(files[-1].read_text())
+    except json.JSONDecodeError:
+        return files[-1], None
+
+
+def _trial_states(path: Path) -> dict[str, dict] | None:
+    """Tune's record of each trial, from its newest experiment state; None when there is none to read."""
+    _, data = _newest_state(path)
+    if data is None:  # none, or cut short: the trials' own files still tell
         return None
     out = {}
     for trial_json, runtime_json in data.get("trial_data", []):

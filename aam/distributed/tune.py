@@ -21,7 +21,7 @@ from ray.tune import Callback
 
 from aam.config import DATASET_NAMED_FIELDS, RunConfig, check_dataset_value
 from aam.distributed.cluster import ray_runtime
-from aam.distributed.experiment import unrecorded_trials
+from aam.distributed.experiment import cut_short_state, unrecorded_trials
 from aam.distributed.space import SearchSpace
 from aam.errors import AamUserError
 from aam.training.loop import Session, StaticData, checkpoint_resume_state, fit
@@ -208,12 +208,14 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
     static, train_rows = load_static(probe)
     _check_choices_fit_dataset(space, static)
     experiment = _experiment_path(space)
+    if resume:
+        print(f"resuming {experiment}", flush=True)
+        if isinstance(experiment, Path):  # what a killed driver left half-done, before Tune reads it
+            _set_aside_cut_short_state(experiment)
+            _set_aside_unrecorded(experiment)
     with ray_runtime(address, cpus_needed=_cpus_needed(space, probe), dashboard=dashboard) as ray:
         trainable = _trainable(space, probe, static, train_rows)
         if resume:
-            print(f"resuming {experiment}", flush=True)
-            if isinstance(experiment, Path):
-                _set_aside_unrecorded(experiment)
             tuner = ray.tune.Tuner.restore(
                 str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
             )
@@ -242,6 +244,32 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
             )
         tuner.fit()
     return experiment
+
+
+def _set_aside_cut_short_state(experiment: Path) -> None:
+    """Roll back to the previous session's snapshot when the newest was cut short mid-write.
+
+    Tune resumes from the newest snapshot of each kind (experiment state, searcher, search
+    generator, callbacks: one set per driver session) and fails on a truncated one. Moving the
+    whole set of that session aside keeps the four consistent.
+    """
+    cut = cut_short_state(experiment)
+    if cut is None:
+        return
+    earlier = sorted(experiment.glob("experiment_state-*.json"))[:-1]
+    if not earlier:
+        raise AamUserError(
+            f"--resume {experiment}: Tune's experiment state {cut.name} was cut short (the search was killed while "
+            f"writing it) and there is no earlier one to resume from; start the search again under a new --name "
+            f"(`aam runs {experiment}` still lists its trials)"
+        )
+    session = cut.name.removeprefix("experiment_state-").removesuffix(".json")
+    aside = experiment / UNRECORDED_DIR
+    aside.mkdir(exist_ok=True)
+    for file in experiment.glob(f"*-{session}.*"):
+        file.rename(aside / file.name)
+    print(f"{cut.name} was cut short when the search was stopped: resuming from the snapshot before it "
+          f"({earlier[-1].name}); that session's state files moved to {aside}", flush=True)
 
 
 def _set_aside_unrecorded(experiment: Path) -> None:

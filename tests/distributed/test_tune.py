@@ -12,6 +12,7 @@ from aam.cli import app
 from aam.distributed.experiment import read_experiment, resolve_trial
 from aam.distributed.space import load_space
 from aam.distributed.tune import run_search
+from aam.errors import AamUserError
 from aam.training.checkpoint import load_model
 
 pytestmark = pytest.mark.slow
@@ -128,6 +129,28 @@ def test_resume_sets_aside_a_trial_folder_tune_never_recorded(experiment, tmp_pa
     resumed = read_experiment(copy)
     assert sorted(t.trial_id for t in resumed.trials) == sorted(t.trial_id for t in finished)
     assert [t.status for t in resumed.trials] == [t.status for t in finished]
+
+    # that resume wrote a second session's snapshot; killed while writing it, the next resume rolls back
+    states = sorted(copy.glob("experiment_state-*.json"))
+    assert len(states) == 2
+    states[-1].write_text(states[-1].read_text()[:1000])
+    result = CliRunner().invoke(app, ["tune", "--resume", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert f"{states[-1].name} was cut short" in result.output and states[0].name in result.output
+    assert (copy / "unrecorded" / states[-1].name).is_file()
+    assert [t.status for t in read_experiment(copy).trials] == [t.status for t in finished]
+
+
+def test_resume_refuses_a_cut_short_state_with_nothing_to_roll_back_to(experiment, tmp_path):
+    copy = tmp_path / "small"
+    shutil.copytree(experiment, copy)
+    [state] = copy.glob("experiment_state-*.json")
+    state.write_text(state.read_text()[:1000])
+    before = sorted(p.name for p in copy.iterdir())
+    result = CliRunner().invoke(app, ["tune", "--resume", str(copy)])
+    assert isinstance(result.exception, AamUserError), result.output
+    assert f"{state.name} was cut short" in str(result.exception) and "new --name" in str(result.exception)
+    assert sorted(p.name for p in copy.iterdir()) == before  # nothing moved
 
 
 def test_runs_reads_an_experiment_whose_tune_state_was_cut_short(experiment, tmp_path):
