@@ -163,6 +163,12 @@ def unrecorded_trials(path: Path) -> list[Trial]:
     return out
 
 
+def recorded_trial_ids(path: Path) -> set[str] | None:
+    """The trials Tune's newest experiment state lists; None when there is no readable state."""
+    states = _trial_states(path)
+    return None if states is None else set(states)
+
+
 def cut_short_state(path: Path) -> Path | None:
     """Tune's newest experiment state when a kill cut it short mid-write (it is not whole JSON)."""
     file, data = _newest_state(path)

@@ -21,7 +21,7 @@ from ray.tune import Callback
 
 from aam.config import DATASET_NAMED_FIELDS, RunConfig, check_dataset_value
 from aam.distributed.cluster import ray_runtime
-from aam.distributed.experiment import cut_short_state, unrecorded_trials
+from aam.distributed.experiment import cut_short_state, recorded_trial_ids, unrecorded_trials
 from aam.distributed.space import SearchSpace
 from aam.errors import AamUserError
 from aam.training.loop import Session, StaticData, checkpoint_resume_state, fit
@@ -213,6 +213,7 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
         if isinstance(experiment, Path):  # what a killed driver left half-done, before Tune reads it
             _set_aside_cut_short_state(experiment)
             _set_aside_unrecorded(experiment)
+            _reconcile_search_state(experiment)
     with ray_runtime(address, cpus_needed=_cpus_needed(space, probe), dashboard=dashboard) as ray:
         trainable = _trainable(space, probe, static, train_rows)
         if resume:
@@ -289,6 +290,35 @@ def _set_aside_unrecorded(experiment: Path) -> None:
     print(f"{described}: started just before the search was stopped but not yet in Tune's "
           f"experiment state, so Tune cannot continue them; moved to {aside}, Tune samples their places again",
           flush=True)
+
+
+def _reconcile_search_state(experiment: Path) -> None:
+    """Make Tune's search-generator snapshot agree with its experiment state on which trials exist.
+
+    Tune writes the two in one save but copies them to the storage path in the background, file
+    by file, while the next save may already rewrite them; a killed driver can leave a generator
+    that counted a trial the experiment state never listed. Resumed as they are, the search then
+    ran fewer trials than num_samples, and the concurrency limiter held a slot for that trial all
+    the rest of the search (2 trials at a time became 1).
+    """
+    import ray.cloudpickle as cloudpickle
+
+    recorded = recorded_trial_ids(experiment)
+    snapshots = sorted(experiment.glob("search_gen_state-*.json"))
+    if recorded is None or not snapshots:
+        return
+    state = cloudpickle.loads(snapshots[-1].read_bytes())
+    limiter = state.get("name:ConcurrencyLimiter", {})
+    live = set(limiter.get("live_trials", ()))
+    if state.get("counter") == len(recorded) and live <= recorded:
+        return
+    state["counter"] = len(recorded)
+    if limiter:
+        limiter["live_trials"] = live & recorded
+        limiter["num_unfinished_live_trials"] = len(live & recorded)
+    staged = snapshots[-1].with_name(f".{snapshots[-1].name}.tmp")
+    staged.write_bytes(cloudpickle.dumps(state))
+    staged.replace(snapshots[-1])
 
 
 def _trial_name(trial) -> str:

@@ -162,3 +162,25 @@ def test_runs_reads_an_experiment_whose_tune_state_was_cut_short(experiment, tmp
     assert result.exit_code == 0, result.output
     statuses = {row["trial"]: row["status"] for row in json.loads(result.output)["trials"]}
     assert statuses == {t.path.name: t.status for t in read_experiment(experiment).trials}  # told by result.json
+
+
+def test_resume_reconciles_a_search_generator_that_counted_an_unrecorded_trial(experiment, tmp_path):
+    import ray.cloudpickle as cloudpickle
+
+    # what a kill during Tune's background copy can leave: the generator's snapshot and the
+    # experiment state from different saves (here the generator is one trial behind)
+    copy = tmp_path / "small"
+    shutil.copytree(experiment, copy)
+    [snapshot] = copy.glob("search_gen_state-*.json")
+    state = cloudpickle.loads(snapshot.read_bytes())
+    assert state["counter"] == 6
+    state["counter"] = 5
+    state["name:ConcurrencyLimiter"]["live_trials"] = {"neverrecorded"}
+    snapshot.write_bytes(cloudpickle.dumps(state))
+
+    result = CliRunner().invoke(app, ["tune", "--resume", str(copy)])
+    assert result.exit_code == 0, result.output
+    resumed = read_experiment(copy)
+    assert len(resumed.trials) == 6, [t.trial_id for t in resumed.trials]  # no seventh trial sampled
+    fixed = cloudpickle.loads(sorted(copy.glob("search_gen_state-*.json"))[-1].read_bytes())
+    assert fixed["counter"] == 6 and "neverrecorded" not in fixed["name:ConcurrencyLimiter"]["live_trials"]

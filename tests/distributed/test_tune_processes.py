@@ -50,7 +50,8 @@ def test_a_search_killed_with_sigkill_resumes_without_losing_or_rerunning_trials
     experiment = storage / "killed"
     command = [AAM, "tune", str(space_file(tmp_path, epochs=4, samples=6)), "--data", str(example_dataset),
                "--storage-path", str(storage), "--name", "killed"]
-    driver = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    log = tmp_path / "driver.log"
+    driver = subprocess.Popen(command, env=ENV, stdout=log.open("w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
     deadline = time.monotonic() + 300
     try:  # kill it half-way, the moment a trial has just started: Tune may not have recorded it yet
@@ -58,7 +59,7 @@ def test_a_search_killed_with_sigkill_resumes_without_losing_or_rerunning_trials
             epochs = reported_epochs(experiment) if experiment.exists() else {}
             if any(e[-1:] == [4] for e in epochs.values()) and any(not e for e in epochs.values()):
                 break
-            assert driver.poll() is None, "the search ended before it could be killed"
+            assert driver.poll() is None, f"the search ended before it could be killed:\n{log.read_text()[-3000:]}"
             time.sleep(0.05)
         else:
             pytest.fail("the search made no progress in 300 s")
@@ -95,6 +96,9 @@ def test_a_search_killed_with_sigkill_resumes_without_losing_or_rerunning_trials
         assert epochs.count(1) == 1, f"{name} restarted from scratch: {epochs}"  # resumed from its checkpoint
         assert epochs[: len(before.get(name, []))] == before.get(name, []), name  # history kept
     assert len({t.config["lr"] for t in result.trials}) == 6
+    # the resumed search runs 2 at a time again (a slot held for a never-recorded trial made it 1)
+    if 6 - sum(e[-1:] == [4] for e in before.values()) >= 2:
+        assert "(2 running)" in resumed.stdout, resumed.stdout[:3000]
 
 
 def test_no_dashboard_is_refused_for_trials_that_nest_a_torch_trainer(example_dataset, tmp_path):
