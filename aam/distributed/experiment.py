@@ -55,7 +55,9 @@ class Experiment:
         """The searched keys this trial sampled, with their values.
 
         A conditional key whose `when:` did not hold was not sampled: the trial ran its config
-        default, which is not a result of the search and is left out.
+        default, which is not a result of the search and is left out. The same rule as
+        `Distribution.applies`, read from the raw file: parsing the space would need Optuna and a
+        file that passes today's checks, and reading an experiment needs neither.
         """
         taken: dict = {}
         grown = True
@@ -116,7 +118,7 @@ def read_experiment(path: str | Path) -> Experiment:
     metric, mode = space["objective"]["metric"], space["objective"]["mode"]
     states = _trial_states(path) or {}
     trials = []
-    for trial_dir in sorted(p for p in path.glob("trial_*") if p.is_dir()):
+    for trial_dir in _trial_dirs(path):
         trial_id = trial_dir.name.removeprefix("trial_")
         history = _history(trial_dir / "result.json")
         config = _config(trial_dir)
@@ -144,18 +146,21 @@ def resolve_trial(spec: str | Path) -> Trial:
     raise AamUserError(f"{spec}: neither an experiment folder (STORAGE/NAME) nor a trial in one (STORAGE/NAME/TRIAL)")
 
 
-def unrecorded_trials(path: Path) -> list[Trial]:
-    """Trial folders that Tune's newest experiment state does not list.
+def recorded_trial_ids(path: Path) -> set[str] | None:
+    """The trials Tune's newest experiment state lists; None when there is no readable state."""
+    states = _trial_states(path)
+    return None if states is None else set(states)
+
+
+def unrecorded_trials(path: Path, recorded: set[str]) -> list[Trial]:
+    """Trial folders that Tune's experiment state (`recorded_trial_ids`) does not list.
 
     Tune saves that state about once a second (TUNE_GLOBAL_CHECKPOINT_S). A driver killed within
     the second after it started a trial leaves the trial's folder without the record, and a
     resumed search never continues it: Tune samples its place again as a new trial.
     """
-    recorded = _trial_states(path)
-    if recorded is None:
-        return []
     out = []
-    for trial_dir in sorted(p for p in path.glob("trial_*") if p.is_dir()):
+    for trial_dir in _trial_dirs(path):
         trial_id = trial_dir.name.removeprefix("trial_")
         if trial_id not in recorded:
             history = _history(trial_dir / "result.json")
@@ -163,16 +168,14 @@ def unrecorded_trials(path: Path) -> list[Trial]:
     return out
 
 
-def recorded_trial_ids(path: Path) -> set[str] | None:
-    """The trials Tune's newest experiment state lists; None when there is no readable state."""
-    states = _trial_states(path)
-    return None if states is None else set(states)
-
-
 def cut_short_state(path: Path) -> Path | None:
     """Tune's newest experiment state when a kill cut it short mid-write (it is not whole JSON)."""
     file, data = _newest_state(path)
     return file if file is not None and data is None else None
+
+
+def _trial_dirs(path: Path) -> list[Path]:
+    return sorted(p for p in path.glob("trial_*") if p.is_dir())
 
 
 def _newest_state(path: Path) -> tuple[Path | None, dict | None]:

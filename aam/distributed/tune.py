@@ -210,10 +210,8 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
     experiment = _experiment_path(space)
     if resume:
         print(f"resuming {experiment}", flush=True)
-        if isinstance(experiment, Path):  # what a killed driver left half-done, before Tune reads it
-            _set_aside_cut_short_state(experiment)
-            _set_aside_unrecorded(experiment)
-            _reconcile_search_state(experiment)
+        if isinstance(experiment, Path):
+            _mend_killed_experiment(experiment)
     with ray_runtime(address, cpus_needed=_cpus_needed(space, probe), dashboard=dashboard) as ray:
         trainable = _trainable(space, probe, static, train_rows)
         if resume:
@@ -247,12 +245,31 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
     return experiment
 
 
+def _mend_killed_experiment(experiment: Path) -> None:
+    """Undo what a killed driver left half-done, before Tune reads the experiment to resume it."""
+    _set_aside_cut_short_state(experiment)
+    recorded = recorded_trial_ids(experiment)
+    if recorded is not None:
+        _set_aside_unrecorded(experiment, recorded)
+        _reconcile_search_state(experiment, recorded)
+
+
+def _move_aside(experiment: Path, paths: list[Path]) -> Path:
+    """Out of Tune's and `aam runs`' way, kept for the user to look at: nothing is deleted."""
+    aside = experiment / UNRECORDED_DIR
+    aside.mkdir(exist_ok=True)
+    for path in paths:
+        path.rename(aside / path.name)
+    return aside
+
+
 def _set_aside_cut_short_state(experiment: Path) -> None:
     """Roll back to the previous session's snapshot when the newest was cut short mid-write.
 
     Tune resumes from the newest snapshot of each kind (experiment state, searcher, search
-    generator, callbacks: one set per driver session) and fails on a truncated one. Moving the
-    whole set of that session aside keeps the four consistent.
+    generator, callbacks: one set per driver session); from a truncated experiment state it
+    resumed wrongly without a word (a finished search started an extra trial). Moving the whole
+    set of that session aside keeps the four consistent.
     """
     cut = cut_short_state(experiment)
     if cut is None:
@@ -265,34 +282,28 @@ def _set_aside_cut_short_state(experiment: Path) -> None:
             f"(`aam runs {experiment}` still lists its trials)"
         )
     session = cut.name.removeprefix("experiment_state-").removesuffix(".json")
-    aside = experiment / UNRECORDED_DIR
-    aside.mkdir(exist_ok=True)
-    for file in experiment.glob(f"*-{session}.*"):
-        file.rename(aside / file.name)
+    aside = _move_aside(experiment, list(experiment.glob(f"*-{session}.*")))
     print(f"{cut.name} was cut short when the search was stopped: resuming from the snapshot before it "
           f"({earlier[-1].name}); that session's state files moved to {aside}", flush=True)
 
 
-def _set_aside_unrecorded(experiment: Path) -> None:
+def _set_aside_unrecorded(experiment: Path, recorded: set[str]) -> None:
     """Move trial folders the killed driver never recorded out of the experiment's trials.
 
     Tune will not continue them, so left in place they would read as trials that never finish
     (`aam runs`) and the search would seem to hold more trials than it ran.
     """
-    trials = unrecorded_trials(experiment)
+    trials = unrecorded_trials(experiment, recorded)
     if not trials:
         return
-    aside = experiment / UNRECORDED_DIR
-    aside.mkdir(exist_ok=True)
-    for trial in trials:
-        trial.path.rename(aside / trial.path.name)
+    aside = _move_aside(experiment, [t.path for t in trials])
     described = ", ".join(f"{t.path.name} ({t.epochs_done} epoch{'' if t.epochs_done == 1 else 's'})" for t in trials)
     print(f"{described}: started just before the search was stopped but not yet in Tune's "
           f"experiment state, so Tune cannot continue them; moved to {aside}, Tune samples their places again",
           flush=True)
 
 
-def _reconcile_search_state(experiment: Path) -> None:
+def _reconcile_search_state(experiment: Path, recorded: set[str]) -> None:
     """Make Tune's search-generator snapshot agree with its experiment state on which trials exist.
 
     Tune writes the two in one save but copies them to the storage path in the background, file
@@ -303,9 +314,8 @@ def _reconcile_search_state(experiment: Path) -> None:
     """
     import ray.cloudpickle as cloudpickle
 
-    recorded = recorded_trial_ids(experiment)
     snapshots = sorted(experiment.glob("search_gen_state-*.json"))
-    if recorded is None or not snapshots:
+    if not snapshots:
         return
     state = cloudpickle.loads(snapshots[-1].read_bytes())
     limiter = state.get("name:ConcurrencyLimiter", {})
