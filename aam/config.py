@@ -114,6 +114,24 @@ class RunConfig:
                             section="optim")
     grad_clip: float = _f(1.0, "Clip the gradient norm to this (0 turns clipping off).", low=0.0, section="optim")
     seed: int = _f(0, "Seed for weights, shuffling and masking.", section="optim")
+    # --- quality levers (each off by default; benchmarks/quality.py ablates them) ---------------
+    ema_decay: float = _f(0.0, "Exponential moving average of the weights, updated every step (0: off; 0.99 "
+                          "averages over ~100 steps): validation, test and the saved model use the averaged "
+                          "weights, which are less noisy than the last step's.", low=0.0, high=0.9999,
+                          section="quality")
+    asv_identity: bool = _f(False, "Add a learned vector per ASV seen in training (keyed by its sequence) to the "
+                            "vector the nucleotide transformer makes; an ASV never seen in training uses the "
+                            "sequence path alone.", section="quality")
+    asv_identity_dropout: float = _f(0.1, "Share of ASVs whose identity vector is left out at each training step "
+                                     "(as if never seen), so the sequence path keeps learning.", low=0.0,
+                                     high=1.0, section="quality")
+    abundance_bag: bool = _f(False, "Also pool the identity vectors of every ASV of a sample (not only the "
+                             "token_limit kept for attention), each weighted by its share of the sample's reads, into "
+                             "the sample vector: all of a sample at the cost of a weighted sum. Needs asv_identity.",
+                             section="quality")
+    min_abundance: float = _f(0.0, "Leave out ASVs below this share of their sample's reads (0: keep all) before "
+                              "token_limit applies; with a large token_limit every ASV above the floor is read.",
+                              low=0.0, high=0.5, section="quality")
     # --- pretrain -> fine-tune --------------------------------------------------------------
     pretrained_encoder: str = _f("", "Run folder or checkpoint whose ASV and sample encoders start this run.",
                                  section="transfer")
@@ -186,6 +204,11 @@ class RunConfig:
                                "column(s) whose groups get their own z-score, e.g. transform_by=Diet")
         if any((not isinstance(h, int)) or h < 1 for h in self.head_hidden):
             raise AamUserError(f"{where}: head_hidden={self.head_hidden!r} must be positive whole numbers")
+        if self.abundance_bag and not self.asv_identity:
+            raise AamUserError(f"{where}: abundance_bag=true pools the vectors of asv_identity; set asv_identity=true")
+        if self.asv_identity and self.freeze_encoder:
+            raise AamUserError(f"{where}: asv_identity=true needs a sample encoder that trains (its vectors feed it); "
+                               "drop freeze_encoder or asv_identity")
         if self.freeze_encoder and not self.pretrained_encoder:
             raise AamUserError(f"{where}: freeze_encoder=true needs pretrained_encoder (a run folder)")
 

@@ -21,6 +21,7 @@ _PANELS = {
     "model": "Model",
     "loss": "Loss",
     "optim": "Optimisation",
+    "quality": "Quality levers",
     "transfer": "Pretrain / fine-tune",
     "speed": "Speed",
     "resources": "Resources",

@@ -19,6 +19,7 @@ def print_leaderboard(experiment, fmt: str, baselines: tuple[Path, ...] = ()) ->
     board = experiment.leaderboard()
     trials_data = next((t.config["data"] for t in experiment.trials if t.config.get("data")), None)
     shown, notes = with_baselines(board, list(baselines), experiment.metric, trials_data)
+    shown = _with_ensembles(shown, experiment)
     for note in notes:
         print(note, file=sys.stderr)
     if fmt == "tsv":
@@ -36,6 +37,22 @@ def print_leaderboard(experiment, fmt: str, baselines: tuple[Path, ...] = ()) ->
             # "-": a metric not reported, or a conditional key the trial did not sample
             blanks = {c: shown[c].where(shown[c].notna(), "-") for c in shown.columns if shown[c].dtype == object}
             print(shown.assign(**blanks).to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
+
+
+def _with_ensembles(board, experiment):
+    """Rows for the ensembles `aam ensemble` wrote into this experiment (STORAGE/NAME/ensembles/*)."""
+    import pandas as pd
+
+    from aam.training.ensemble import leaderboard_rows, read_ensemble
+
+    folders = sorted(p for p in (experiment.path / "ensembles").glob("*") if p.is_dir() and read_ensemble(p))
+    if not folders:
+        return board
+    combined = pd.concat([board, pd.DataFrame(leaderboard_rows(folders, experiment.metric))], ignore_index=True)
+    for column in ("rank", "epochs", "best_epoch"):
+        if column in combined:
+            combined[column] = combined[column].astype("Int64")
+    return combined
 
 
 @app.command()

@@ -32,6 +32,8 @@ class BatchSpec:
     pad_to_limit: bool = False  # pad every sample to token_limit, not to the batch's longest
     dedupe: bool = True  # False: one `tokens` row per ASV slot, shared ASVs encoded again
     quantile_targets: list[int] | None = None  # set by evaluation to undo the transform of quantiles
+    min_abundance: float = 0.0  # leave out ASVs below this share of their sample's reads
+    all_asvs: bool = False  # also list every ASV of each sample with its share of the reads (abundance_bag)
 
 
 def _list_column(rows: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -53,6 +55,12 @@ def collate(rows: pa.Table, spec: BatchSpec) -> dict:
     idx_off, idx_flat = _list_column(rows, "asv_idx")
     cnt_off, cnt_flat = _list_column(rows, "counts")
     lengths = np.minimum(np.diff(idx_off), spec.token_limit)
+    depth = _depth(rows, cnt_off, cnt_flat)
+    if spec.min_abundance > 0 and cnt_flat.size:
+        # counts are stored most-abundant first, so the ASVs above the floor are a prefix of the row
+        sample_of_count = np.repeat(np.arange(n), np.diff(cnt_off))
+        above = cnt_flat >= spec.min_abundance * depth[sample_of_count]
+        lengths = np.minimum(lengths, np.bincount(sample_of_count, weights=above, minlength=n).astype(np.int64))
     if spec.pad_to_limit:
         width = max(int(spec.token_limit), 1)
     else:
@@ -90,7 +98,7 @@ def collate(rows: pa.Table, spec: BatchSpec) -> dict:
         "asv_mask": torch.from_numpy(asv_mask),
         "counts": torch.from_numpy(slot_counts),
         # reads of the whole sample, not only of the slots kept under token_limit
-        "depth": torch.from_numpy(_depth(rows, cnt_off, cnt_flat)),
+        "depth": torch.from_numpy(depth),
         "targets": torch.from_numpy(_targets(rows, spec).astype(np.float32)),
         "categoricals": torch.from_numpy(_categoricals(rows, spec)),
         "unifrac_row": torch.from_numpy(
@@ -100,7 +108,21 @@ def collate(rows: pa.Table, spec: BatchSpec) -> dict:
         ),
         "sample_ids": rows.column("sample_id").to_pylist(),
     }
+    if spec.all_asvs:
+        batch.update(_all_asvs(idx_off, idx_flat, cnt_flat, depth))
     return batch
+
+
+def _all_asvs(idx_off: np.ndarray, idx_flat: np.ndarray, cnt_flat: np.ndarray, depth: np.ndarray) -> dict:
+    """Every ASV of each sample, whatever token_limit, and its share of the sample's reads (0: padding)."""
+    lengths = np.diff(idx_off)
+    width = max(int(lengths.max()) if lengths.size else 1, 1)
+    slot = np.arange(width)
+    real = slot[None, :] < lengths[:, None]
+    gather = np.where(real, idx_off[:-1, None] + slot[None, :], 0)
+    asvs = np.where(real, idx_flat[gather] if idx_flat.size else 0, 0).astype(np.int64)
+    shares = np.where(real, (cnt_flat[gather] if cnt_flat.size else 0) / np.maximum(depth, 1.0)[:, None], 0.0)
+    return {"all_asvs": torch.from_numpy(asvs), "all_shares": torch.from_numpy(shares.astype(np.float32))}
 
 
 def _depth(rows: pa.Table, cnt_off: np.ndarray, cnt_flat: np.ndarray) -> np.ndarray:

@@ -164,7 +164,9 @@ def _check_workers(cfg: RunConfig, static: StaticData) -> None:
         from aam.models import AAM
         from aam.training.checkpoint import load_encoder_weights
 
-        load_encoder_weights(AAM(cfg, len(static.targets), static.token_width), cfg.pretrained_encoder)
+        vocabulary = static.asv_vocabulary() if cfg.asv_identity else None
+        load_encoder_weights(AAM(cfg, len(static.targets), static.token_width, asv_vocabulary=vocabulary),
+                             cfg.pretrained_encoder)
 
 
 def _copy_tree(source: Path, dest: Path) -> None:

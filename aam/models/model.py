@@ -9,6 +9,7 @@ Read it top to bottom:
     count_features   what the count embedding and the count task read: log1p | relative
     CountEmbedding   the count feature into the ASV slots: add | concat | film
     SampleEncoder    ASV vectors scattered to slots [B, S, D] -> sample vector [B, D]
+    ASVIdentity      a learned vector per ASV seen in training, keyed by sequence (optional)
     AAM              the composition: encoders -> categorical fusion -> regression head, the
                      self-supervised heads, and the pretrain -> fine-tune helpers
 
@@ -253,6 +254,52 @@ class CountEmbedding(nn.Module):
         return x * (1 + gamma) + beta
 
 
+class ASVIdentity(nn.Module):
+    """A learned vector per ASV of the training vocabulary, added to its nucleotide-encoder vector.
+
+    The nucleotide transformer sees only the sequence, so two ASVs one letter apart start nearly
+    equal; a Random Forest tells them apart at once. Rows are keyed by sequence (`vocabulary`,
+    saved with the model), not by a table's ASV index, so a new table is matched to them by
+    `index_table`. Row 0 is "not seen in training": exactly zero, so such an ASV uses the
+    sequence path alone. In training a share `dropout` of the ASVs of each batch are treated as
+    unseen, so the sequence path keeps learning for the ASVs that will be.
+    """
+
+    def __init__(self, vocabulary: list[str], d_model: int, dropout: float, bag: bool = False):
+        super().__init__()
+        self.vocabulary = list(vocabulary)
+        self.dropout = dropout
+        self.embedding = nn.Embedding(len(self.vocabulary) + 1, d_model, padding_idx=0)
+        # abundance_bag: every ASV of a sample, weighted by its share of the reads, in one weighted sum
+        self.bag = nn.EmbeddingBag(len(self.vocabulary) + 1, d_model, mode="sum", padding_idx=0) if bag else None
+        # the table's ASV index -> row of `embedding`; set per table, never saved
+        self.register_buffer("rows", torch.zeros(0, dtype=torch.long), persistent=False)
+
+    def index_table(self, sequences: list[str]) -> int:
+        """Match the ASVs of a table (its ASV index order) to the vocabulary; returns how many matched."""
+        row_of = {seq: i + 1 for i, seq in enumerate(self.vocabulary)}
+        rows = torch.tensor([row_of.get(seq, 0) for seq in sequences], dtype=torch.long)
+        self.rows = rows.to(self.embedding.weight.device)
+        return int((rows > 0).sum())
+
+    def forward(self, asv_vectors: torch.Tensor, asv_ids: torch.Tensor, generator: torch.Generator | None):
+        """asv_vectors [U, D] of the table's ASVs `asv_ids` [U] -> the same plus their identity vectors."""
+        rows = self._rows(asv_ids, generator)
+        return asv_vectors + self.embedding(rows).to(asv_vectors.dtype)
+
+    def pool(self, all_asvs: torch.Tensor, shares: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """sum_i share_i * bag vector of ASV i over every ASV of each sample: all_asvs, shares [B, K] -> [B, D]."""
+        return self.bag(self._rows(all_asvs, generator), per_sample_weights=shares.float())
+
+    def _rows(self, asv_ids: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if self.rows.numel() == 0:
+            raise RuntimeError("ASVIdentity.index_table was not called for this table")
+        rows = self.rows[asv_ids]
+        if self.training and self.dropout > 0:
+            rows = rows.masked_fill(uniform(rows.shape, generator, rows.device) < self.dropout, 0)
+        return rows
+
+
 class SampleEncoder(nn.Module):
     """ASV vectors gathered into slots [B, S, D] (+ counts) -> (sample vector [B, D], slot states).
 
@@ -291,9 +338,10 @@ class AAM(nn.Module):
     """
 
     def __init__(self, cfg: RunConfig, n_targets: int | list[str], token_width: int,
-                 categoricals: dict[str, list[str]] | None = None):
+                 categoricals: dict[str, list[str]] | None = None, asv_vocabulary: list[str] | None = None):
         """`n_targets`: the target names (or just how many); `categoricals`: every categorical
-        column of the dataset -> its categories, in the order of the batch's `categoricals`."""
+        column of the dataset -> its categories, in the order of the batch's `categoricals`;
+        `asv_vocabulary`: the sequences of the ASVs seen in training (read with asv_identity)."""
         super().__init__()
         names = list(n_targets) if not isinstance(n_targets, int) else [f"target{t}" for t in range(n_targets)]
         categoricals = dict(categoricals or {})
@@ -304,6 +352,11 @@ class AAM(nn.Module):
         d = cfg.d_model
         self.asv_encoder = ASVEncoder(cfg, token_width)
         self.sample_encoder = SampleEncoder(cfg)
+        self.asv_identity = None
+        if cfg.asv_identity:
+            if asv_vocabulary is None:
+                raise ValueError("asv_identity needs the training ASVs' sequences (asv_vocabulary)")
+            self.asv_identity = ASVIdentity(asv_vocabulary, d, cfg.asv_identity_dropout, bag=cfg.abundance_bag)
         # categorical columns, as indices into the batch's `categoricals`
         columns = list(categoricals)
         fused = cfg.fusion_columns(columns) if self.n_targets else []
@@ -349,7 +402,7 @@ class AAM(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
+        elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             nn.init.normal_(module.weight, std=0.02)
             if module.padding_idx is not None:  # the "unknown" category stays exactly zero
                 with torch.no_grad():
@@ -425,8 +478,13 @@ class AAM(nn.Module):
                     asv_vectors = self.asv_cache[batch["asv_ids"]]  # the nucleotide transformer never runs
                 else:
                     asv_vectors, _ = self.asv_encoder(tokens)  # each distinct ASV once
+                if self.asv_identity is not None:
+                    asv_vectors = self.asv_identity(asv_vectors, batch["asv_ids"], generator)
                 slots = asv_vectors[asv_index]  # [B, S, D]: scatter to the samples that hold them
                 sample_vec, slot_states = self.sample_encoder(slots, asv_mask, log_counts, no_hidden)
+                if self.asv_identity is not None and self.asv_identity.bag is not None:
+                    sample_vec = sample_vec + self.asv_identity.pool(batch["all_asvs"], batch["all_shares"],
+                                                                     generator).to(sample_vec.dtype)
 
         out["sample_embedding"] = sample_vec
         diagnostics: dict[str, torch.Tensor] = {}

@@ -48,6 +48,8 @@ def model_payload(model, cfg: RunConfig, transform, targets, categoricals, token
         "token_width": int(token_width),
         "metrics": metrics,
         "best_epoch": int(best_epoch),
+        # sequences of the ASVs with a learned identity vector (asv_identity), in row order
+        "asv_vocabulary": list(model.asv_identity.vocabulary) if model.asv_identity is not None else None,
     }
 
 
@@ -77,7 +79,8 @@ def load_model(path: str | Path) -> ModelBundle:
 
     payload = read_payload(path)
     cfg = RunConfig.from_dict(payload["config"], where=str(find_model_file(path)))
-    model = AAM(cfg, payload["targets"], payload["token_width"], payload["categoricals"])
+    model = AAM(cfg, payload["targets"], payload["token_width"], payload["categoricals"],
+                asv_vocabulary=payload.get("asv_vocabulary"))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     transform = TargetTransform.from_dict(payload["transform"]) if payload["transform"] else None

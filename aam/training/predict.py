@@ -25,20 +25,50 @@ from aam.training.loop import predict_rows
 
 def predict_table(model_path: Path, table: Path, sequences: Path | None = None, batch_size: int = 64,
                   metadata: Path | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """(predictions, notes): notes say what metadata was missing or unknown."""
+    """(predictions, notes): notes say what metadata was missing or unknown. `model_path` may be
+    an ensemble folder (`aam ensemble`): its members' predictions are mixed with its weights."""
+    from aam.training.ensemble import read_ensemble
+
+    info = read_ensemble(model_path) if Path(model_path).is_dir() else None
+    if info is not None:
+        return _predict_ensemble(Path(model_path), info, table, sequences, batch_size, metadata)
     bundle = load_model(model_path)
     if not bundle.targets:
         raise AamUserError(f"--model {model_path}: a pretrained encoder without targets; it has nothing to predict")
-    rows, tokens, _ = table_to_rows(read_table(table, sequences=sequences), width=bundle.token_width)
+    rows, tokens, asv_sequences = table_to_rows(read_table(table, sequences=sequences), width=bundle.token_width)
+    if bundle.model.asv_identity is not None:  # ASVs not seen in training use their sequence alone
+        bundle.model.asv_identity.index_table(asv_sequences)
     used = bundle.config.model_columns(list(bundle.categoricals))
     notes: list[str] = []
     if used:
         rows, notes = _add_categories(rows, bundle.categoricals, used, metadata)
-    spec = BatchSpec(tokens, bundle.targets, list(bundle.categoricals), bundle.config.token_limit, bundle.transform)
+    spec = model_batch_spec(bundle, tokens)
     result = predict_rows(bundle.model, rows, spec, torch.device("cpu"), batch_size=batch_size)
     frame = predictions_frame(result.sample_ids, bundle.targets, result.predicted, None, None, result.quantiles,
                               result.quantile_names, result.quantile_levels)
     return frame, notes
+
+
+def model_batch_spec(bundle, tokens: np.ndarray) -> BatchSpec:
+    """How a trained model's batches are made from a table's tokens (as in its training)."""
+    cfg = bundle.config
+    return BatchSpec(tokens, bundle.targets, list(bundle.categoricals), cfg.token_limit, bundle.transform,
+                     min_abundance=cfg.min_abundance, all_asvs=cfg.abundance_bag)
+
+
+def _predict_ensemble(folder: Path, info: dict, table, sequences, batch_size, metadata):
+    if info["includes_forest"]:
+        raise AamUserError(f"--model {folder}: this ensemble includes the Random Forest, whose fitted trees aam does "
+                           "not store; build one without --with-baseline to predict new tables")
+    frames, notes = [], []
+    for member in info["members"]:
+        frame, member_notes = predict_table(folder / member["model"], table, sequences, batch_size, metadata)
+        frames.append((frame, member["weight"]))
+        notes.extend(n for n in member_notes if n not in notes)
+    mixed = frames[0][0].copy()
+    numeric = [c for c in mixed.columns if c != "sample_id"]
+    mixed[numeric] = sum(f[numeric].to_numpy() * w for f, w in frames)
+    return mixed, notes
 
 
 def _add_categories(rows: pa.Table, vocabularies: dict[str, list[str]], used: list[str], metadata: Path | None):

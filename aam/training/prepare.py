@@ -57,6 +57,8 @@ def load_static(cfg: RunConfig) -> tuple[StaticData, pa.Table]:
         sample_lists={k: v.column("sample_id").to_pylist() for k, v in splits.items()},
         n_train=train_rows.num_rows,
         dataset_path=str(dataset.path),
+        asv_sequences=dataset.asvs.column("sequence").to_pylist(),
+        train_asv_idx=np.unique(train_rows.column("asv_idx").combine_chunks().flatten().to_numpy()),
     )
     if cfg.freeze_encoder and cfg.cache_asv_vectors:
         static = encode_frozen(cfg, static, pa.concat_tables(list(splits.values())))
@@ -84,7 +86,7 @@ def encode_frozen(cfg: RunConfig, static: StaticData, rows: pa.Table) -> StaticD
     model = bundle.model
     model.freeze_encoder()
     asv_vectors = model.encode_all_asvs(torch.from_numpy(static.tokens.astype(np.int64)))
-    spec = BatchSpec(static.tokens, [], [], cfg.token_limit, None)
+    spec = BatchSpec(static.tokens, [], [], cfg.token_limit, None, min_abundance=cfg.min_abundance)
     chunks = []
     with torch.no_grad():  # the encoders' part of AAM.forward, without its heads
         for start in range(0, rows.num_rows, 128):
@@ -97,6 +99,7 @@ def encode_frozen(cfg: RunConfig, static: StaticData, rows: pa.Table) -> StaticD
     return dataclasses.replace(
         static, asv_vectors=asv_vectors.float().numpy(), sample_ids=rows.column("sample_id").to_pylist(),
         sample_vectors=torch.cat(chunks).numpy(), cache_token_limit=cfg.token_limit,
+        cache_min_abundance=cfg.min_abundance,
     )
 
 

@@ -1,0 +1,99 @@
+"""`aam ensemble`: greedy ensemble selection on val over a search's best trials or a run's seeds."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from aam.cli._app import app
+from aam.errors import AamUserError
+
+
+def _candidates(sources: list[Path], top: int) -> tuple[list[tuple[str, Path]], Path | None]:
+    """(name, folder holding model.pt) per candidate, and the experiment folder when one was given."""
+    from aam.distributed.experiment import SPACE_FILE, read_experiment
+
+    if len(sources) == 1 and (sources[0] / SPACE_FILE).is_file():
+        experiment = read_experiment(sources[0])
+        ranked = [t for t in experiment.ranked() if t.checkpoint() is not None and t.best == t.best]
+        if not ranked:
+            raise AamUserError(f"{sources[0]}: no trial kept a checkpoint with a model yet")
+        return [(t.path.name, t.checkpoint()) for t in ranked[:top]], sources[0]
+    found = []
+    for source in sources:
+        if (source / "model.pt").is_file():
+            found.append((source.name, source))
+        elif source.is_dir() and sorted(source.glob("*/model.pt")):  # `aam train --seeds K` writes OUT/seed_K
+            found.extend((f"{source.name}/{p.parent.name}", p.parent) for p in sorted(source.glob("*/model.pt")))
+        else:
+            raise AamUserError(f"{source}: neither an experiment folder (STORAGE/NAME), a run folder with a "
+                               "model.pt, nor a folder of run folders (`aam train --seeds K --out OUT`)")
+    return found, None
+
+
+@app.command()
+def ensemble(
+    sources: Annotated[list[Path], typer.Argument(help="STORAGE/NAME (its best trials), or run folders, or the "
+                                                  "--out of `aam train --best-of ... --seeds K`.")],
+    top: Annotated[int, typer.Option("--top", min=1, help="With an experiment: its K best trials on val are the "
+                                     "candidates.")] = 5,
+    with_baseline: Annotated[Optional[Path], typer.Option("--with-baseline", help="Folder of `aam baseline rf` on "
+                                                          "the same dataset: the forest becomes a candidate (the "
+                                                          "result is labelled as including it).")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Greedy additions (with replacement); the best "
+                                        "prefix on val is kept.")] = 20,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder (default: the one the members "
+                                                 "were trained on).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Ensemble folder to write (default, for an "
+                                                "experiment: STORAGE/NAME/ensembles/topK[-rf]).")] = None,
+):
+    """Combine trained models (and optionally the forest) by greedy selection on val; score test once."""
+    import shutil
+    import tempfile
+
+    from aam.data.collate import raw_targets
+    from aam.data.dataset import Dataset
+    from aam.training.checkpoint import read_payload
+    from aam.training.predict import model_batch_spec
+    from aam.training.ensemble import forest_member, greedy_select, model_member, write_ensemble
+
+    candidates, experiment = _candidates(list(sources), top)
+    if out is None:
+        if experiment is None:
+            raise AamUserError("--out: give the ensemble folder to write (needed unless the source is an experiment)")
+        out = experiment / "ensembles" / (f"top{top}" + ("-rf" if with_baseline else ""))
+    if out.exists():
+        raise AamUserError(f"--out {out}: already exists; choose a new folder (an ensemble is never overwritten)")
+    payloads = [read_payload(folder) for _, folder in candidates]
+    targets = payloads[0]["targets"]
+    if not targets or any(p["targets"] != targets for p in payloads):
+        raise AamUserError("ensemble: every member must predict the same targets; "
+                           + ", ".join(f"{n}: {p['targets']}" for (n, _), p in zip(candidates, payloads)))
+    dataset = Dataset.open(data or payloads[0]["config"]["data"])
+    rows = {split: dataset.split(split) for split in ("val", "test")}
+    sample_ids = {split: r.column("sample_id").to_pylist() for split, r in rows.items()}
+    actual = {split: raw_targets(r, targets) for split, r in rows.items()}
+    sequences = dataset.asvs.column("sequence").to_pylist()
+
+    def spec_for(bundle):
+        if bundle.model.asv_identity is not None:
+            bundle.model.asv_identity.index_table(sequences)
+        return model_batch_spec(bundle, dataset.tokens)
+
+    members = [model_member(name, folder, rows, spec_for) for name, folder in candidates]
+    if with_baseline is not None:
+        members.append(forest_member(with_baseline, sample_ids, targets))
+    selection = greedy_select([m.val for m in members], actual["val"], rounds)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        metrics = write_ensemble(tmp, members, selection, targets, sample_ids, actual, str(dataset.path), rounds)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    picked = ", ".join(f"{m.name} {w:.2f}" for m, w in zip(members, selection.weights) if w > 0)
+    label = " (includes the Random Forest)" if metrics["includes_forest"] else ""
+    print(f"ensemble{label}: {picked}")
+    print(f"val_mae {metrics['val_mae']:.4g}  test_mae {metrics['test_mae']:.4g}  test_r2 {metrics['test_r2']:.3g}")
+    print(f"wrote {out}")

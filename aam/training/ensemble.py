@@ -1,0 +1,175 @@
+"""Greedy ensemble selection over trained runs (Caruana et al. 2004), chosen on val only.
+
+Members are run folders (or trial checkpoints) of models trained on one dataset and split, and
+optionally the Random Forest baseline's predictions. Each model member predicts the val and
+test splits from its own `model.pt`; selection adds, with replacement, the member that most
+lowers the val MAE of the running mean, and keeps the prefix of additions whose val MAE was
+lowest. The weights are how often each member was picked. The test split is scored once, with
+those weights, and never seen by the selection.
+
+An ensemble folder is read like a run folder: `ensemble.json` (members, weights, whether the
+forest is one), `members/<k>/model.pt` (so the folder stands alone), `val_predictions.tsv`,
+`test_predictions.tsv`, `metrics.json` and `pred_vs_actual.png`. `aam predict` runs every model
+member and mixes their predictions with the same weights. The forest's fitted trees are not
+stored (aam never writes or reads pickles), so an ensemble that includes it scores val and
+test but cannot predict new tables; it is always labelled as including the forest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from aam.errors import AamUserError
+
+ENSEMBLE_FILE = "ensemble.json"
+FORMAT = "aam-ensemble/1"
+FOREST = "random_forest"
+
+
+@dataclass
+class Member:
+    name: str
+    kind: str  # "model" or "random_forest"
+    source: Path  # run folder, checkpoint folder or forest folder
+    val: np.ndarray  # [N_val, T] original scale
+    test: np.ndarray  # [N_test, T]
+
+
+@dataclass
+class Selection:
+    weights: np.ndarray  # [M], sums to 1
+    val_curve: list[float]  # val MAE after each addition
+
+
+def mean_mae(actual: np.ndarray, predicted: np.ndarray) -> float:
+    """MAE averaged over targets, each over the samples that have it (as val_mae is)."""
+    scores = []
+    for t in range(actual.shape[1]):
+        known = ~np.isnan(actual[:, t])
+        if known.any():
+            scores.append(float(np.mean(np.abs(actual[known, t] - predicted[known, t]))))
+    return float(np.mean(scores)) if scores else math.nan
+
+
+def greedy_select(val_predictions: list[np.ndarray], actual: np.ndarray, rounds: int) -> Selection:
+    """Caruana's forward selection with replacement; keeps the best prefix on val."""
+    if not val_predictions:
+        raise AamUserError("ensemble: no members to choose from")
+    counts = np.zeros(len(val_predictions))
+    total = np.zeros_like(val_predictions[0])
+    curve, best_counts, best = [], counts.copy(), math.inf
+    for step in range(1, rounds + 1):
+        scores = [mean_mae(actual, (total + p) / step) for p in val_predictions]
+        pick = int(np.nanargmin(scores))
+        counts[pick] += 1
+        total = total + val_predictions[pick]
+        curve.append(scores[pick])
+        if scores[pick] < best:
+            best, best_counts = scores[pick], counts.copy()
+    return Selection(weights=best_counts / best_counts.sum(), val_curve=curve)
+
+
+def model_member(name: str, folder: Path, rows: dict, spec_for) -> Member:
+    """A trained run's predictions for the val and test rows, from its model.pt alone."""
+    import torch
+
+    from aam.training.checkpoint import load_model
+    from aam.training.loop import predict_rows
+
+    bundle = load_model(folder)
+    spec = spec_for(bundle)
+    preds = {split: predict_rows(bundle.model, rows[split], spec, torch.device("cpu")).predicted for split in rows}
+    return Member(name, "model", Path(folder), preds["val"], preds["test"])
+
+
+def forest_member(folder: Path, sample_ids: dict[str, list[str]], targets: list[str]) -> Member:
+    """The forest's own val/test predictions; refused unless it saw the same samples and targets."""
+    folder = Path(folder)
+    out = {}
+    for split in ("val", "test"):
+        path = folder / f"{split}_predictions.tsv"
+        if not path.is_file():
+            raise AamUserError(f"--with-baseline {folder}: no {path.name}; pass a folder written by `aam baseline rf`")
+        frame = pd.read_csv(path, sep="\t", dtype={"sample_id": str})
+        missing = [f"{t}_predicted" for t in targets if f"{t}_predicted" not in frame.columns]
+        if missing or list(frame["sample_id"]) != list(sample_ids[split]):
+            raise AamUserError(f"--with-baseline {folder}: its {split} predictions are not of the same samples and "
+                               "targets as the models'; fit it with `aam baseline rf --data` on the same dataset")
+        out[split] = frame[[f"{t}_predicted" for t in targets]].to_numpy(dtype=float)
+    return Member("baseline:rf", FOREST, folder, out["val"], out["test"])
+
+
+def write_ensemble(out: Path, members: list[Member], selection: Selection, targets: list[str],
+                   sample_ids: dict[str, list[str]], actual: dict[str, np.ndarray], data: str, rounds: int) -> dict:
+    """Write the ensemble folder (see the module docstring); returns its metrics."""
+    from aam.training import artifacts
+    from aam.training.metrics import regression_metrics
+
+    chosen = [(m, float(w)) for m, w in zip(members, selection.weights) if w > 0]
+    includes_forest = any(m.kind == FOREST for m, _ in chosen)
+    metrics: dict = {}
+    for split in ("val", "test"):
+        mixed = sum(w * getattr(m, split) for m, w in chosen)
+        scores = regression_metrics(actual[split], mixed, targets)
+        metrics.update({f"{split}_{k}": v for k, v in scores.items()})
+        artifacts.write_tsv(artifacts.predictions_frame(sample_ids[split], targets, mixed, actual[split]),
+                            out / f"{split}_predictions.tsv")
+        if split == "test":
+            fig = artifacts.predicted_vs_actual_figure(targets, actual[split], mixed, "test, ensemble")
+            fig.savefig(out / "pred_vs_actual.png", dpi=100)
+    listed = []
+    for k, (member, weight) in enumerate(chosen):
+        entry = {"name": member.name, "kind": member.kind, "source": str(member.source), "weight": weight,
+                 "val_mae": mean_mae(actual["val"], member.val)}
+        if member.kind == "model":
+            dest = out / "members" / str(k)
+            dest.mkdir(parents=True)
+            shutil.copy2(Path(member.source) / "model.pt" if Path(member.source).is_dir() else member.source,
+                         dest / "model.pt")
+            entry["model"] = f"members/{k}/model.pt"
+        listed.append(entry)
+    info = {"format": FORMAT, "targets": targets, "data": data, "selected_on": "val_mae", "rounds": rounds,
+            "val_curve": selection.val_curve, "candidates": [m.name for m in members],
+            "includes_forest": includes_forest, "members": listed}
+    metrics["includes_forest"] = includes_forest
+    (out / ENSEMBLE_FILE).write_text(json.dumps(info, indent=1))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def read_ensemble(folder: str | Path) -> dict | None:
+    """The ensemble.json of `folder`, or None when it is not an ensemble folder."""
+    path = Path(folder) / ENSEMBLE_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise AamUserError(f"{path}: not valid JSON; build the ensemble again with `aam ensemble`") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise AamUserError(f"{path}: not an aam ensemble file (no '{FORMAT}' format tag)")
+    return info
+
+
+def leaderboard_rows(folders: list[Path], metric: str) -> list[dict]:
+    """A row per ensemble folder, in the columns of `Experiment.leaderboard()`."""
+    rows = []
+    for folder in folders:
+        info = read_ensemble(folder)
+        metrics = json.loads((Path(folder) / "metrics.json").read_text())
+        models = sum(1 for m in info["members"] if m["kind"] == "model")
+        status = f"ensemble of {models}" + (" + forest" if info["includes_forest"] else "")
+        row = {"rank": None, "trial": f"ensemble:{Path(folder).name}", "status": status, "epochs": None,
+               f"best_{metric}": metrics.get(metric, math.nan), "best_epoch": None}
+        for key in ("val_mae", "val_r2", "test_mae", "test_r2"):
+            if key != metric:
+                row[key] = metrics.get(key, math.nan)
+        rows.append(row)
+    return rows

@@ -1,0 +1,116 @@
+"""Greedy ensemble selection on val (Caruana et al. 2004), and `aam ensemble` / `aam predict` on real runs."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aam.examples import path as example_path
+from aam.training.ensemble import greedy_select, mean_mae
+from aam.training.loop import Session, fit
+from aam.training.prepare import load_static
+
+from test_loop import tiny_cfg
+
+
+def test_selection_mixes_members_whose_errors_cancel_and_never_loses_to_the_best_single():
+    actual = np.array([[0.0], [0.0], [0.0], [0.0]])
+    over = actual + 1.0  # MAE 1
+    under = actual - 1.2  # MAE 1.2
+    bad = actual + 5.0
+    chosen = greedy_select([bad, over, under], actual, rounds=10)
+    assert chosen.weights[0] == 0 and chosen.weights[1] > 0 and chosen.weights[2] > 0
+    assert chosen.weights.sum() == pytest.approx(1.0)
+    mixed = sum(w * p for w, p in zip(chosen.weights, [bad, over, under]))
+    assert mean_mae(actual, mixed) < 0.2 < 1.0  # far better than either
+    assert min(chosen.val_curve) == pytest.approx(mean_mae(actual, mixed))
+
+
+def test_the_mae_of_several_targets_skips_missing_values():
+    actual = np.array([[1.0, np.nan], [3.0, 2.0]])
+    predicted = np.array([[2.0, 100.0], [3.0, 4.0]])
+    assert mean_mae(actual, predicted) == pytest.approx((0.5 + 2.0) / 2)
+
+
+def aam(*args):
+    return subprocess.run([str(Path(sys.executable).parent / "aam"), *map(str, args)], capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def seed_runs(example_dataset, tmp_path_factory):
+    """Two seeds of a tiny model, as `aam train --seeds 2 --out OUT` lays them out (OUT/seed_K)."""
+    out = tmp_path_factory.mktemp("seeds")
+    for seed in (0, 1):
+        cfg = tiny_cfg(example_dataset, seed=seed, asv_identity=True, abundance_bag=True)
+        static, rows = load_static(cfg)
+        session = Session(rows, seed, verbose=False)
+        fit(cfg, static, session)
+        shutil.copytree(session.last_checkpoint, out / f"seed_{seed}")
+    return out
+
+
+@pytest.mark.slow
+def test_ensemble_of_seeds_is_scored_once_on_test_and_predicts_new_tables(seed_runs, tmp_path):
+    out = tmp_path / "ens"
+    made = aam("ensemble", seed_runs, "--out", out)
+    assert made.returncode == 0, made.stderr
+    info = json.loads((out / "ensemble.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not info["includes_forest"] and "Random Forest" not in made.stdout
+    singles = [m["val_mae"] for m in info["members"]]
+    assert metrics["val_mae"] <= min(singles) + 1e-9  # the greedy start is the best single member
+    assert sum(m["weight"] for m in info["members"]) == pytest.approx(1.0)
+    test = pd.read_csv(out / "test_predictions.tsv", sep="\t")
+    assert abs(test["Age_wk_actual"] - test["Age_wk_predicted"]).mean() == pytest.approx(metrics["test_mae"])
+    # aam predict mixes the members' own predictions with the same weights
+    table = example_path("mouse_age_mini") / "feature-table.biom"
+    predicted = aam("predict", "--model", out, "--table", table, "--out", tmp_path / "p.tsv")
+    assert predicted.returncode == 0, predicted.stderr
+    mixed = pd.read_csv(tmp_path / "p.tsv", sep="\t").set_index("sample_id")["Age_wk_predicted"]
+    expected = 0
+    for member in info["members"]:
+        aam("predict", "--model", out / member["model"], "--table", table, "--out", tmp_path / "m.tsv")
+        expected = expected + member["weight"] * pd.read_csv(tmp_path / "m.tsv", sep="\t").set_index("sample_id")[
+            "Age_wk_predicted"]
+    assert (mixed - expected).abs().max() < 1e-4
+    assert (test.set_index("sample_id")["Age_wk_predicted"] - mixed.loc[test["sample_id"]]).abs().max() < 1e-3
+    # an existing ensemble is never overwritten
+    again = aam("ensemble", seed_runs, "--out", out)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.slow
+def test_an_ensemble_with_the_forest_says_so_and_cannot_predict_new_tables(seed_runs, example_dataset, tmp_path):
+    forest = tmp_path / "rf"
+    fitted = aam("baseline", "rf", "--data", example_dataset, "--out", forest, "--n-estimators", "30")
+    assert fitted.returncode == 0, fitted.stderr
+    out = tmp_path / "ens"
+    made = aam("ensemble", seed_runs / "seed_0", seed_runs / "seed_1", "--with-baseline", forest, "--out", out)
+    assert made.returncode == 0, made.stderr
+    info = json.loads((out / "ensemble.json").read_text())
+    assert "baseline:rf" in info["candidates"]
+    forest_val = json.loads((forest / "metrics.json").read_text())["val_mae"]
+    assert json.loads((out / "metrics.json").read_text())["val_mae"] <= forest_val + 1e-9
+    if info["includes_forest"]:
+        assert "includes the Random Forest" in made.stdout
+        refused = aam("predict", "--model", out, "--table", example_path("mouse_age_mini") / "feature-table.biom",
+                      "--out", tmp_path / "p.tsv")
+        assert refused.returncode == 2 and "includes the Random Forest" in refused.stderr
+        assert not (tmp_path / "p.tsv").exists()
+
+
+def test_a_forest_of_another_split_is_refused(seed_runs, tmp_path):
+    forest = tmp_path / "rf"
+    forest.mkdir()
+    for split in ("val", "test"):
+        pd.DataFrame({"sample_id": ["x"], "Age_wk_actual": [1.0], "Age_wk_predicted": [1.0]}).to_csv(
+            forest / f"{split}_predictions.tsv", sep="\t", index=False)
+    made = aam("ensemble", seed_runs, "--with-baseline", forest, "--out", tmp_path / "ens")
+    assert made.returncode == 2 and "not of the same samples" in made.stderr
+    assert not (tmp_path / "ens").exists()
