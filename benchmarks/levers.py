@@ -93,6 +93,30 @@ def forest(label: str, data: Path, rf_root: Path | None) -> dict | None:
             "folder": str(out)}
 
 
+def ensembles(label: str, variant: str, keep: Path, forest_folder: str | None) -> list[dict]:
+    """`aam ensemble` over the seeds of one variant: AAM alone, and with the forest as a candidate."""
+    aam = str(Path(sys.executable).with_name("aam"))
+    seeds = sorted(str(p) for p in (keep / label / variant).glob("seed*"))
+    out = []
+    for with_forest in ([False, True] if forest_folder else [False]):
+        dest = keep / label / variant / ("ensemble-rf" if with_forest else "ensemble")
+        if dest.exists():
+            shutil.rmtree(dest)
+        cmd = [aam, "ensemble", *seeds, "--out", str(dest)] + (["--with-baseline", forest_folder] if with_forest else [])
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
+        metrics = json.loads((dest / "metrics.json").read_text())
+        info = json.loads((dest / "ensemble.json").read_text())
+        out.append({"label": label, "variant": variant, "with_forest_candidate": with_forest,
+                    "includes_forest": info["includes_forest"], "val_mae": metrics["val_mae"],
+                    "test_mae": metrics["test_mae"], "test_r2": metrics["test_r2"],
+                    "weights": {m["name"]: round(m["weight"], 3) for m in info["members"]}, "command": " ".join(cmd)})
+        print(f"  {label} {variant} ensemble{' (forest a candidate)' if with_forest else ''}: val {metrics['val_mae']:.4g} "
+              f"test {metrics['test_mae']:.4g} weights {out[-1]['weights']}", flush=True)
+    return out
+
+
 def mean_sd(values: list[float]) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -122,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each (default 2)")
     parser.add_argument("--rf", type=Path, help="folder for the forests (fitted once per dataset)")
     parser.add_argument("--keep", type=Path, help="copy every run folder to KEEP/LABEL/VARIANT/seedN")
+    parser.add_argument("--ensemble", action="append", default=[], help="VARIANT whose seeds `aam ensemble` "
+                        "combines, alone and with the forest as a candidate (needs --keep; repeatable)")
     parser.add_argument("--out", type=Path, help="results JSON")
     args = parser.parse_args(argv)
 
@@ -149,10 +175,16 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(result)
             print(f"  {result['label']} {result['variant']} seed {result['seed']}: val {result['val_mae']:.4g} "
                   f"test {result['test_mae']:.4g} (epoch {result['best_epoch']}, {result['wall_s']:.0f}s)", flush=True)
+    combined = []
+    if args.ensemble and not args.keep:
+        raise SystemExit("--ensemble needs --keep (the ensembles are built from the kept run folders)")
+    for label in datasets:
+        for name in args.ensemble:
+            combined += ensembles(label, name, args.keep, (forests.get(label) or {}).get("folder"))
     header = ["dataset", "variant", "seeds", "val MAE", "test MAE", "test R²", "forest test MAE", "wall s/run"]
     print_table(header, summarise(runs, forests))
     write_json(args.out, "levers.json", {"machine": info, "base": base, "variants": dict(variants),
-                                         "seeds": seeds, "forests": forests, "runs": runs})
+                                         "seeds": seeds, "forests": forests, "runs": runs, "ensembles": combined})
 
 
 if __name__ == "__main__":

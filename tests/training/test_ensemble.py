@@ -97,12 +97,12 @@ def test_an_ensemble_with_the_forest_says_so_and_cannot_predict_new_tables(seed_
     assert "baseline:rf" in info["candidates"]
     forest_val = json.loads((forest / "metrics.json").read_text())["val_mae"]
     assert json.loads((out / "metrics.json").read_text())["val_mae"] <= forest_val + 1e-9
-    if info["includes_forest"]:
-        assert "includes the Random Forest" in made.stdout
-        refused = aam("predict", "--model", out, "--table", example_path("mouse_age_mini") / "feature-table.biom",
-                      "--out", tmp_path / "p.tsv")
-        assert refused.returncode == 2 and "includes the Random Forest" in refused.stderr
-        assert not (tmp_path / "p.tsv").exists()
+    # one epoch of a tiny model is far behind the forest on val (~25 vs ~4 weeks): it is picked
+    assert info["includes_forest"] and "includes the Random Forest" in made.stdout
+    refused = aam("predict", "--model", out, "--table", example_path("mouse_age_mini") / "feature-table.biom",
+                  "--out", tmp_path / "p.tsv")
+    assert refused.returncode == 2 and "includes the Random Forest" in refused.stderr
+    assert not (tmp_path / "p.tsv").exists()
 
 
 def test_a_forest_of_another_split_is_refused(seed_runs, tmp_path):
