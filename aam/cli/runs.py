@@ -18,8 +18,9 @@ def print_leaderboard(experiment, fmt: str, baselines: tuple[Path, ...] = ()) ->
 
     board = experiment.leaderboard()
     trials_data = next((t.config["data"] for t in experiment.trials if t.config.get("data")), None)
-    shown, notes = with_baselines(board, list(baselines), experiment.metric, trials_data)
-    shown = _with_ensembles(shown, experiment)
+    with_rf, notes = with_baselines(board, list(baselines), experiment.metric, trials_data)
+    shown = _with_ensembles(with_rf, experiment)
+    n_baselines, n_ensembles = len(with_rf) - len(board), len(shown) - len(with_rf)
     for note in notes:
         print(note, file=sys.stderr)
     if fmt == "tsv":
@@ -27,10 +28,12 @@ def print_leaderboard(experiment, fmt: str, baselines: tuple[Path, ...] = ()) ->
     elif fmt == "json":
         records = json.loads(shown.to_json(orient="records"))
         print(json.dumps({"experiment": str(experiment.path), "metric": experiment.metric, "mode": experiment.mode,
-                          "trials": records[:len(board)], "baselines": records[len(board):]}, indent=1))
+                          "trials": records[:len(board)], "baselines": records[len(board):len(with_rf)],
+                          "ensembles": records[len(with_rf):]}, indent=1))
     else:
         counts = board["status"].value_counts().to_dict() if len(board) else {}
-        extra = f" and {len(shown) - len(board)} baseline(s)" if len(shown) > len(board) else ""
+        extra = "".join(f" and {n} {kind}" for n, kind in ((n_baselines, "baseline(s)"), (n_ensembles, "ensemble(s)"))
+                        if n)
         print(f"{experiment.path}: {len(board)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}){extra}, "
               f"ranked by {experiment.metric} ({experiment.mode})")
         if len(shown):

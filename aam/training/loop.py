@@ -284,7 +284,7 @@ def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
 
 
 def weight_average(model: torch.nn.Module, cfg: RunConfig):
-    """An exponential moving average of `model`'s weights and buffers (None when ema_decay is 0).
+    """An exponential moving average of `model`'s weights (None when ema_decay is 0).
 
     Validation, the kept model and test use it: at the small sizes of these datasets, val MAE
     moves by a fifth between neighbouring epochs, and the average of the last ~1/(1-decay)

@@ -114,3 +114,31 @@ def test_a_forest_of_another_split_is_refused(seed_runs, tmp_path):
     made = aam("ensemble", seed_runs, "--with-baseline", forest, "--out", tmp_path / "ens")
     assert made.returncode == 2 and "not of the same samples" in made.stderr
     assert not (tmp_path / "ens").exists()
+
+
+def test_aam_runs_lists_an_experiments_ensembles_beside_its_trials(seed_runs, example_dataset, tmp_path):
+    import yaml
+
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    (experiment / "aam-space.yaml").write_text(yaml.safe_dump(
+        {"data": str(example_dataset), "objective": {"metric": "val_mae", "mode": "min"},
+         "search": {"seed": {"type": "int", "low": 0, "high": 1}}}))
+    for seed in (0, 1):  # the seed runs as the trials' newest checkpoints
+        trial = experiment / f"trial_{seed}"
+        shutil.copytree(seed_runs / f"seed_{seed}", trial / "checkpoint_000000")
+        (trial / "config.json").write_text((seed_runs / f"seed_{seed}" / "config.json").read_text())
+        history = json.loads((seed_runs / f"seed_{seed}" / "metrics.json").read_text())["history"]
+        (trial / "result.json").write_text("".join(json.dumps({**h, "training_iteration": h["epoch"]}) + "\n"
+                                                   for h in history))
+    made = aam("ensemble", experiment, "--top", "2")
+    assert made.returncode == 0, made.stderr
+    assert (experiment / "ensembles" / "top2" / "ensemble.json").is_file()
+    listed = aam("runs", experiment, "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    parsed = json.loads(listed.stdout)
+    assert len(parsed["trials"]) == 2 and [e["trial"] for e in parsed["ensembles"]] == ["ensemble:top2"]
+    metrics = json.loads((experiment / "ensembles" / "top2" / "metrics.json").read_text())
+    assert parsed["ensembles"][0]["best_val_mae"] == pytest.approx(metrics["val_mae"])
+    assert parsed["ensembles"][0]["status"].startswith("ensemble of ")
+    assert "and 1 ensemble(s)" in aam("runs", experiment).stdout
