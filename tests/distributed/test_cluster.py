@@ -47,9 +47,15 @@ def test_a_ray_started_separately_is_neither_joined_nor_stopped_by_aam(example_d
     env = {**os.environ, "RAY_TMPDIR": str(base)}
     port = free_port()
     try:
-        subprocess.run([RAY, "start", "--head", f"--port={port}", f"--temp-dir={base / 'ray'}", "--num-cpus=1",
-                        "--node-ip-address=127.0.0.1", f"--dashboard-port={free_port()}", "--dashboard-host=127.0.0.1",
-                        "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
+        # every port its own: `ray start` otherwise takes fixed ones (the dashboard agent's 52365,
+        # the client server's 10001) that any other Ray on the machine may hold
+        started = subprocess.run([RAY, "start", "--head", f"--port={port}", f"--temp-dir={base / 'ray'}",
+                                  "--num-cpus=1", "--node-ip-address=127.0.0.1", f"--dashboard-port={free_port()}",
+                                  f"--dashboard-agent-listen-port={free_port()}",
+                                  f"--ray-client-server-port={free_port()}",
+                                  "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
+                                 env=env, capture_output=True, text=True, timeout=300)
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         assert (base / "ray" / "ray_current_cluster").is_file()  # what a bare ray.init() would join
 
         trained = subprocess.run([AAM, "train", "--data", str(example_dataset), "--out", str(tmp_path / "run"),
