@@ -22,14 +22,17 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/uv pip install -q --python $(PY) --compile-bytecode -e '.[dev]'
 	touch $@
 
+# Starts afresh each time: it removes what an earlier demo and the README's "Use" commands wrote
+# there (only those folders), so the search is always demo/experiments/demo, the name "Use" pastes.
 demo: setup
-	$(AAM) convert --example mouse_age_mini --out $(DEMO)/data --force
-	$(AAM) tune search_spaces/demo.yaml --data $(DEMO)/data --storage-path $(DEMO)/experiments --name demo-$$(date +%Y%m%d-%H%M%S)
+	rm -rf $(DEMO)/data $(DEMO)/experiments/demo $(DEMO)/runs $(DEMO)/predictions.tsv
+	$(AAM) convert --example mouse_age_mini --out $(DEMO)/data
+	$(AAM) tune search_spaces/demo.yaml --data $(DEMO)/data --storage-path $(DEMO)/experiments --name demo
 
+# The suite starts its own local Ray (own temp dir, own ports) and stops only that one: a Ray
+# you run in another terminal keeps running.
 test: setup
-	$(VENV)/bin/ray stop --force >/dev/null 2>&1 || true
 	$(PY) -m pytest -q -ra
-	$(VENV)/bin/ray stop --force >/dev/null 2>&1 || true
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -1,6 +1,8 @@
 """Shared test set-up: Ray's environment before Ray is imported, and one local Ray per session."""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,20 +17,31 @@ os.environ.update(
     }
 )
 set_ray_env()  # the rest as every aam command has it
+# No test may join a Ray it did not start: `aam` subprocesses inherit this environment, and with
+# RAY_ADDRESS set they would run on (the user's) cluster it names.
+os.environ.pop("RAY_ADDRESS", None)
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray for the whole session (a second ray.init in a process is an error)."""
+    """One local Ray for the whole session (a second ray.init in a process is an error).
+
+    A new cluster of its own (address "local": never one a `ray start` left on this machine), in
+    its own temp dir (short: Ray's socket paths must fit in ~107 characters), on ports Ray picks
+    free; `ray.shutdown()` stops that cluster and nothing else.
+    """
     import ray
 
+    temp_dir = tempfile.mkdtemp(prefix="aamtest-", dir="/tmp")
     # as `ray_runtime` starts it: workers log at WARNING, so no INFO line printed late by the driver
     # lands in a CliRunner's captured output
-    ray.init(**local_init_options(num_cpus=2), object_store_memory=512 * 2**20)
+    ray.init(address="local", _temp_dir=temp_dir, **local_init_options(num_cpus=2),
+             object_store_memory=512 * 2**20)
     yield ray
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +62,36 @@ def example_dataset(tmp_path_factory):
         seed=0,
     )
     return out
+
+
+# A small real search, shared by the tests that read an experiment (tune, report, the README's Use).
+SMALL_SPACE = {
+    "objective": {"metric": "val_mae", "mode": "min"},
+    "fixed": {"epochs": 3, "d_model": 16, "n_heads": 2, "asv_layers": 1, "sample_layers": 1, "token_limit": 48,
+              "batch_size": 16},
+    "search": {
+        "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+        "head": {"type": "categorical", "choices": ["linear", "mlp"]},
+        "head_hidden": {"type": "categorical", "choices": [[16], [32, 16]], "when": {"head": "mlp"}},
+    },
+    "tune": {"num_samples": 6, "max_concurrent_trials": 2,
+             "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+             "searcher": {"type": "optuna", "seed": 0, "n_startup_trials": 3},
+             "keep_checkpoints": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def small_experiment(ray_cluster, example_dataset, tmp_path_factory):
+    """STORAGE/NAME of a finished 6-trial Optuna + ASHA search on the bundled example (read it, or copy it
+    before changing anything)."""
+    import yaml
+
+    from aam.distributed.space import load_space
+    from aam.distributed.tune import run_search
+
+    folder = tmp_path_factory.mktemp("tune")
+    (folder / "space.yaml").write_text(yaml.safe_dump(SMALL_SPACE))
+    space = load_space(folder / "space.yaml", data_override=str(example_dataset),
+                       storage_override=str(folder / "experiments"), name_override="small")
+    return run_search(space)

@@ -40,4 +40,18 @@ def export(
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    print(f"exported {chosen.path.name} (best epoch {chosen.best_epoch}) from {checkpoint.name} to {out}")
+    print(f"exported {chosen.path.name}: {_which_model(checkpoint, chosen.best_epoch)}, to {out}")
+
+
+def _which_model(checkpoint: Path, best_epoch: int) -> str:
+    """Say which epoch's model this is. Tune numbers checkpoints from 0 and epochs count from 1, and
+    a checkpoint carries the best model so far, so `checkpoint_000014` may hold epoch 13's model."""
+    import json
+
+    try:
+        saved = json.loads((checkpoint / "metrics.json").read_text())
+        best_epoch, after = saved.get("best_epoch", best_epoch), len(saved.get("history", ()))
+    except (OSError, ValueError):
+        after = None
+    when = f", saved after epoch {after}" if after else ""
+    return f"the model of its best epoch, epoch {best_epoch} (from {checkpoint.name}{when})"

@@ -49,6 +49,7 @@ def train(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Train this many seeds (seed, seed+1, ...) into OUT/seed_K and summarise them.")] = 1,
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster to use (default: RAY_ADDRESS, else an embedded local Ray).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Write into a run folder that already has files.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Also show Ray Train's start-up lines (resources, worker group, each worker's ip and pid).")] = False,
     categorical_help: Annotated[bool, typer.Option("--categorical-help", is_eager=True, callback=_categorical_help,
                                                    help="Print when to use which categorical fusion, and exit.")] = False,
     overrides: dict = None,
@@ -87,13 +88,13 @@ def train(
         raise AamUserError("--seeds starts new runs; it cannot be combined with --resume-from")
     _check_out(out, force, resume_from)
     if seeds == 1:
-        results = {cfg.seed: run_training(cfg, out, restore=restore, address=address)}
+        results = {cfg.seed: run_training(cfg, out, restore=restore, address=address, verbose=verbose)}
         _print_summary(out, results[cfg.seed])
     else:
         results = {}
         for k in range(seeds):
             seeded = cfg.replace(where, seed=cfg.seed + k)
-            results[seeded.seed] = run_training(seeded, out / f"seed_{seeded.seed}", address=address)
+            results[seeded.seed] = run_training(seeded, out / f"seed_{seeded.seed}", address=address, verbose=verbose)
             _print_summary(out / f"seed_{seeded.seed}", results[seeded.seed])
     if trial is not None or seeds > 1:
         _write_comparison(out, results, trial)

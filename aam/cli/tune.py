@@ -18,6 +18,7 @@ def tune(
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster (default: RAY_ADDRESS, else an embedded local Ray).")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted search: STORAGE/NAME.")] = None,
     dashboard: Annotated[bool, typer.Option("--dashboard/--no-dashboard", help="Start the Ray dashboard with an embedded Ray (off saves ~9 processes and ~0.3 GB of memory; only for trials with one CPU worker).")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Also show Ray Train's start-up lines of trials with several workers or GPUs.")] = False,
 ):
     """Search the run config space of SPACE; leaves the experiment in STORAGE/NAME."""
     from aam.distributed.cluster import set_ray_env
@@ -34,14 +35,14 @@ def tune(
             raise AamUserError(f"--resume {resume}: no such experiment folder")
         loaded = load_experiment_space(resume.resolve())
         loaded.storage_path, loaded.name = str(resume.resolve().parent), resume.resolve().name
-        experiment = run_search(loaded, address=address, resume=True, dashboard=dashboard)
+        experiment = run_search(loaded, address=address, resume=True, dashboard=dashboard, verbose=verbose)
     else:
         if space is None:
             raise AamUserError("give a search-space file, e.g. `aam tune search_spaces/demo.yaml`, or --resume STORAGE/NAME")
         if not space.is_file():
             raise AamUserError(f"{space}: no such search-space file")
         loaded = load_space(space, data_override=data, storage_override=storage_path, name_override=name)
-        experiment = run_search(loaded, address=address, dashboard=dashboard)
+        experiment = run_search(loaded, address=address, dashboard=dashboard, verbose=verbose)
     if isinstance(experiment, Path):
         from aam.cli.runs import print_leaderboard
 
@@ -50,4 +51,10 @@ def tune(
         print_leaderboard(result, "table")
         best = result.best()
         print(f"\nbest trial: {best.path}  ({result.metric} {best.best:.4g} at epoch {best.best_epoch})")
+        from aam.distributed.report import write_report
+
+        try:
+            print(f"report: {write_report(experiment)}")
+        except Exception as e:  # the search is done and saved: a report that fails must not hide that
+            print(f"report not written ({type(e).__name__}: {e}); `aam report {experiment}` tries again")
     print(f"experiment: {experiment}")

@@ -41,7 +41,8 @@ class Dataset:
     @classmethod
     def open(cls, path: str | Path) -> "Dataset":
         path = Path(path)
-        hint = "create one with: aam convert --table ... --metadata ... --target ... --out " + str(path)
+        hint = (f"create one with: aam convert --table ... --metadata ... --target ... --out {path} "
+                f"(or the bundled example: aam convert --example mouse_age_mini --out {path})")
         if not path.is_dir():
             raise AamUserError(f"dataset folder {path} does not exist; {hint}")
         manifest_path = path / "manifest.json"

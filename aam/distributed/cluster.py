@@ -92,6 +92,24 @@ def local_init_options(num_cpus: int, dashboard: bool = True) -> dict:
     )
 
 
+def dashboard_line(url: str) -> str:
+    """The dashboard's address, and how to log in when the cluster asks for a token.
+
+    Ray 2.60's dashboard has no link that carries the token: its page asks for the token once and
+    keeps it in a cookie. Where Ray reads the token from: RAY_AUTH_TOKEN, else the file named by
+    RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (written at the first start with token auth).
+    """
+    line = f"Ray dashboard: http://{url}"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return line
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        where = "the token is in $RAY_AUTH_TOKEN"
+    else:
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
+        where = f"paste the token from {path} (`ray get-auth-token` prints it)"
+    return f"{line}  (it asks for a token once: {where})"
+
+
 @contextlib.contextmanager
 def ray_runtime(address: str | None = None, cpus_needed: float = 0.0, quiet: bool = False, dashboard: bool = True):
     """Yield a connected Ray; shut it down afterwards only if this call started it."""
@@ -99,6 +117,9 @@ def ray_runtime(address: str | None = None, cpus_needed: float = 0.0, quiet: boo
     import ray
 
     quiet_ray_loggers()
+    # "Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to opt out": the dashboard
+    # line below says what a user needs instead (where the token is)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if ray.is_initialized():  # tests and the in-process tune trial share one runtime
         yield ray
         return
@@ -110,11 +131,14 @@ def ray_runtime(address: str | None = None, cpus_needed: float = 0.0, quiet: boo
         cpus = os.cpu_count() or 1
         # Logical CPUs may exceed physical ones: a 2-worker run on a 2-core laptop must start.
         num_cpus = max(cpus, int(-(-cpus_needed // 1)))
-        context = ray.init(**local_init_options(num_cpus, dashboard))
+        # "local": a new cluster of this command's own. With no address ray.init would join the
+        # cluster of the last `ray start` on this machine (its ray_current_cluster file), and
+        # this command's work would run on, and its end disturb, someone else's Ray.
+        context = ray.init(address="local", **local_init_options(num_cpus, dashboard))
         started = True
         url = getattr(context, "dashboard_url", None)
         if url and not quiet:
-            print(f"Ray dashboard: http://{url}", file=sys.stderr, flush=True)
+            print(dashboard_line(url), file=sys.stderr, flush=True)
     try:
         yield ray
     finally:

@@ -21,7 +21,7 @@ from aam.errors import AamUserError
 from aam.training.loop import Session, StaticData, checkpoint_resume_state, fit
 from aam.training.prepare import load_static
 
-RAY_STORAGE = "ray"  # inside the run folder: Ray Train's own checkpoints
+RAY_STORAGE = "ray"  # inside the run folder while it trains: Ray Train's own checkpoints
 
 
 class RayTrainSession(Session):
@@ -107,7 +107,16 @@ def train_loop_per_worker(config: dict) -> None:
     fit(cfg, static, session)
 
 
-def train(cfg: RunConfig, run_dir: Path, restore: dict | None = None, address: str | None = None) -> dict:
+def train_logging(verbose: bool):
+    """Ray Train's console lines: its start-up steps (requesting resources, starting the worker
+    group, each worker's ip and pid, the process group) only with --verbose; warnings always."""
+    import ray.train
+
+    return ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING")
+
+
+def train(cfg: RunConfig, run_dir: Path, restore: dict | None = None, address: str | None = None,
+          verbose: bool = False) -> dict:
     """Train `cfg` with `cfg.workers` Ray Train workers; leave the run's files in `run_dir`."""
     static, _ = load_static(cfg)
     _check_workers(cfg, static)
@@ -144,6 +153,7 @@ def train(cfg: RunConfig, run_dir: Path, restore: dict | None = None, address: s
                 name="train",
                 storage_path=str(run_dir / RAY_STORAGE),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+                logging_config=train_logging(verbose),
             ),
         )
         result = trainer.fit()
@@ -151,6 +161,9 @@ def train(cfg: RunConfig, run_dir: Path, restore: dict | None = None, address: s
             raise result.error
         with result.checkpoint.as_directory() as folder:
             _copy_tree(Path(folder), run_dir)
+    # Ray Train's own copy of the checkpoint, there only so a restarted worker group can resume
+    # mid-run; its files are now in the run folder itself
+    shutil.rmtree(run_dir / RAY_STORAGE, ignore_errors=True)
     return result.metrics or {}
 
 

@@ -58,7 +58,8 @@ def runs_in_trial(cfg: RunConfig) -> bool:
     return cfg.workers == 1 and cfg.gpus_per_worker == 0
 
 
-def tune_trial(config: dict, static: StaticData, train_rows: pa.Table, space_dict: dict) -> None:
+def tune_trial(config: dict, static: StaticData, train_rows: pa.Table, space_dict: dict,
+               verbose: bool = False) -> None:
     """What every trial runs (in a Tune actor)."""
     import ray.tune
 
@@ -70,10 +71,11 @@ def tune_trial(config: dict, static: StaticData, train_rows: pa.Table, space_dic
     if runs_in_trial(cfg):
         fit(cfg, static, TuneSession(train_rows, cfg.seed, verbose=False))  # the driver prints progress
     else:
-        _fit_nested(cfg, static, train_rows, space_dict)
+        _fit_nested(cfg, static, train_rows, space_dict, verbose)
 
 
-def _fit_nested(cfg: RunConfig, static: StaticData, train_rows: pa.Table, space_dict: dict) -> None:
+def _fit_nested(cfg: RunConfig, static: StaticData, train_rows: pa.Table, space_dict: dict,
+                verbose: bool = False) -> None:
     import ray
     import ray.data
     import ray.train
@@ -81,10 +83,9 @@ def _fit_nested(cfg: RunConfig, static: StaticData, train_rows: pa.Table, space_
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from aam.distributed.train import train_loop_per_worker
+    from aam.distributed.train import train_logging, train_loop_per_worker
 
     context = ray.tune.get_context()
-    objective = space_dict["objective"]
     TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": cfg.to_dict(), "static": ray.put(static), "restore": None},
@@ -99,11 +100,9 @@ def _fit_nested(cfg: RunConfig, static: StaticData, train_rows: pa.Table, space_
             name=f"{context.get_experiment_name()}-{context.get_trial_id()}",
             storage_path=str(_storage_join(space_dict["storage_path"], "_train_runs")),
             callbacks=[TuneReportCallback()],
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=space_dict["tune"]["keep_checkpoints"],
-                checkpoint_score_attribute=objective["metric"],
-                checkpoint_score_order=objective["mode"],
-            ),
+            # the newest N, like the trial's own checkpoints (see run_search)
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=space_dict["tune"]["keep_checkpoints"]),
+            logging_config=train_logging(verbose),
         ),
     ).fit()
 
@@ -163,14 +162,16 @@ class ProgressPrinter(Callback):
         print(f"[{time.monotonic() - self.started:7.1f}s] {line}", file=sys.stdout, flush=True)
 
 
-def _trainable(space: SearchSpace, probe: RunConfig, static: StaticData, train_rows: pa.Table):
+def _trainable(space: SearchSpace, probe: RunConfig, static: StaticData, train_rows: pa.Table,
+               verbose: bool = False):
     import ray.tune
 
     if runs_in_trial(probe):
         request = {"cpu": probe.cpus_per_worker}
     else:
         request = {"cpu": 0.01}  # the trial only waits on its TorchTrainer, whose workers hold the CPUs
-    trainable = ray.tune.with_parameters(tune_trial, static=static, train_rows=train_rows, space_dict=space.to_dict())
+    trainable = ray.tune.with_parameters(tune_trial, static=static, train_rows=train_rows, space_dict=space.to_dict(),
+                                         verbose=verbose)
     return ray.tune.with_resources(trainable, request)
 
 
@@ -193,7 +194,7 @@ def _check_choices_fit_dataset(space: SearchSpace, static: StaticData) -> None:
 
 
 def run_search(space: SearchSpace, address: str | None = None, resume: bool = False,
-               dashboard: bool = True) -> Path | str:
+               dashboard: bool = True, verbose: bool = False) -> Path | str:
     """Run (or resume) the search; returns the experiment folder."""
     if space.data is None:
         raise AamUserError(f"{space.source}: no dataset; pass --data DATASET_DIR or set data: in the file")
@@ -213,7 +214,7 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
         if isinstance(experiment, Path):
             _mend_killed_experiment(experiment)
     with ray_runtime(address, cpus_needed=_cpus_needed(space, probe), dashboard=dashboard) as ray:
-        trainable = _trainable(space, probe, static, train_rows)
+        trainable = _trainable(space, probe, static, train_rows, verbose)
         if resume:
             tuner = ray.tune.Tuner.restore(
                 str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -234,11 +235,10 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
                     # trial folders get config.json: sync it with each checkpoint
                     sync_config=ray.tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True),
                     callbacks=[ProgressPrinter(space.metric, space.mode, probe.epochs)],
-                    checkpoint_config=ray.tune.CheckpointConfig(
-                        num_to_keep=space.keep_checkpoints,
-                        checkpoint_score_attribute=space.metric,
-                        checkpoint_score_order=space.mode,
-                    ),
+                    # The newest keep_checkpoints checkpoints. Each holds the trial's best model so far
+                    # (model.pt) and the state to resume from, so the newest is both the best and the
+                    # one to resume; ranked by score, Tune kept the best N *and* the newest (N+1).
+                    checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=space.keep_checkpoints),
                 ),
             )
         tuner.fit()

@@ -82,6 +82,10 @@ def test_train_then_predict_from_the_command_line(example_dataset, ray_cluster, 
     assert "is deprecated" not in output  # Ray Train's own deprecation warning, which no user can act on
     assert "Progress bars disabled" not in output  # Ray Data's nag about a choice aam made
     assert "epoch   1/1" in output  # while our own progress line is there
+    for startup in ("Requesting resources", "Attempting to start training worker group", "Setting up process group",
+                    "Started training worker group"):  # Ray Train's start-up lines: only with --verbose
+        assert startup not in output, output[-3000:]
+    assert "Token authentication is enabled" not in output  # the dashboard line says where the token is
     predictions = tmp_path / "predictions.tsv"
     predicted = aam("predict", "--model", run, "--table", path("mouse_age_mini") / "feature-table.biom",
                     "--out", predictions)
@@ -91,6 +95,16 @@ def test_train_then_predict_from_the_command_line(example_dataset, ray_cluster, 
     assert len(new) == 160 and set(test["sample_id"]) <= set(new["sample_id"])
     merged = test.merge(new, on="sample_id", suffixes=("", "_new"))
     assert (merged["Age_wk_predicted"] - merged["Age_wk_predicted_new"]).abs().max() < 1e-5
+
+
+@pytest.mark.slow
+def test_verbose_shows_ray_trains_start_up_lines(example_dataset, tmp_path):
+    trained = aam("train", "--data", example_dataset, "--out", tmp_path / "run", *TINY, "--workers", "2", "--verbose")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    output = trained.stdout + trained.stderr
+    assert "Requesting resources" in output and "Started training worker group of size 2" in output, output[-3000:]
+    assert "epoch   1/1" in output
+    assert not (tmp_path / "run" / "ray").exists()  # Ray Train's own copy of the checkpoint, removed at the end
 
 
 def test_categorical_help_names_every_fusion_without_needing_other_flags():

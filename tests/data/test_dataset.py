@@ -47,8 +47,10 @@ def test_bad_split_name(mini):
 
 
 def test_not_a_dataset(tmp_path):
-    with pytest.raises(AamUserError, match="does not exist"):
+    with pytest.raises(AamUserError, match="does not exist") as missing:
         Dataset.open(tmp_path / "nothing")
+    # the bundled example is one command away: the hint names it with this very folder
+    assert f"aam convert --example mouse_age_mini --out {tmp_path / 'nothing'}" in str(missing.value)
     with pytest.raises(AamUserError, match="is not an aam dataset .no manifest.json.; create one with: aam convert"):
         Dataset.open(tmp_path)
 

@@ -5,46 +5,20 @@ import shutil
 
 import pandas as pd
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from aam.cli import app
 from aam.distributed.experiment import read_experiment, resolve_trial
-from aam.distributed.space import load_space
-from aam.distributed.tune import run_search
 from aam.errors import AamUserError
 from aam.training.checkpoint import load_model
 
 pytestmark = pytest.mark.slow
 
-SPACE = {
-    "objective": {"metric": "val_mae", "mode": "min"},
-    "fixed": {"epochs": 3, "d_model": 16, "n_heads": 2, "asv_layers": 1, "sample_layers": 1, "token_limit": 48,
-              "batch_size": 16},
-    "search": {
-        "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
-        "head": {"type": "categorical", "choices": ["linear", "mlp"]},
-        "head_hidden": {"type": "categorical", "choices": [[16], [32, 16]], "when": {"head": "mlp"}},
-    },
-    "tune": {"num_samples": 6, "max_concurrent_trials": 2,
-             "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
-             "searcher": {"type": "optuna", "seed": 0, "n_startup_trials": 3},
-             "keep_checkpoints": 1},
-}
-
-
-def write_space(folder, space=SPACE, name="space.yaml"):
-    file = folder / name
-    file.write_text(yaml.safe_dump(space))
-    return file
-
 
 @pytest.fixture(scope="module")
-def experiment(ray_cluster, example_dataset, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tune")
-    space = load_space(write_space(folder), data_override=str(example_dataset),
-                       storage_override=str(folder / "experiments"), name_override="small")
-    return run_search(space)
+def experiment(small_experiment):
+    """The session's small search (tests/conftest.py): 6 trials, ASHA, keep_checkpoints 1."""
+    return small_experiment
 
 
 def test_every_trial_ends_and_asha_stops_some_early(experiment):
@@ -65,6 +39,9 @@ def test_every_trial_ends_and_asha_stops_some_early(experiment):
             assert trial.epochs_done == 3
         else:
             assert 1 <= trial.epochs_done < 3
+        # keep_checkpoints: 1 keeps exactly one, the newest (it holds the best model so far)
+        [kept] = trial.path.glob("checkpoint_*")
+        assert json.loads((kept / "metrics.json").read_text())["history"][-1]["epoch"] == trial.epochs_done
 
 
 def test_runs_lists_the_trials_best_first_as_table_tsv_and_json(experiment):
@@ -96,6 +73,8 @@ def test_export_copies_the_best_model_without_retraining(experiment, tmp_path):
     bundle = load_model(out)
     assert bundle.config.lr == pytest.approx(best.config["lr"])
     assert bundle.metrics["val_mae"] == pytest.approx(best.best)
+    # it names the epoch whose model it took, not only Tune's 0-based checkpoint number
+    assert f"the model of its best epoch, epoch {best.best_epoch} (from {best.checkpoint().name}" in result.output
 
 
 def test_best_of_retrains_the_best_trial_and_compares_with_its_score(experiment, tmp_path):

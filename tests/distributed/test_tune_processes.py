@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 AAM = str(Path(sys.executable).parent / "aam")
 RAY = str(Path(sys.executable).parent / "ray")
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""}
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}  # conftest unset RAY_ADDRESS
 FIXED = {"d_model": 16, "n_heads": 2, "asv_layers": 1, "sample_layers": 1, "token_limit": 48, "batch_size": 16}
 
 

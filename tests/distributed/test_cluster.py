@@ -1,0 +1,83 @@
+"""Starting Ray: an `aam` command never joins, nor stops, a Ray it did not start."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from aam.distributed.cluster import dashboard_line
+
+AAM = str(Path(sys.executable).parent / "aam")
+RAY = str(Path(sys.executable).parent / "ray")
+TINY = ["--d-model", "16", "--n-heads", "2", "--asv-layers", "1", "--sample-layers", "1", "--token-limit", "48",
+        "--epochs", "1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_processes_mentioning(marker: str) -> None:
+    """Stop only the processes of this test's Ray (`ray stop` would stop every Ray of the user)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes():
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
+@pytest.mark.slow
+def test_a_ray_started_separately_is_neither_joined_nor_stopped_by_aam(example_dataset, tmp_path):
+    """A user's `ray start --head` on the same machine, as `ray.init()` with no address would find it.
+
+    RAY_TMPDIR points both at a folder of this test's own: Ray looks for "the last `ray start`" in
+    its ray_current_cluster file there. A bare `ray.init()` joins that cluster (and then refuses
+    aam's num_cpus); aam must start its own Ray, run, and leave the user's running.
+    """
+    base = Path(tempfile.mkdtemp(prefix="aamu-", dir="/tmp"))  # short: Ray's socket paths
+    env = {**os.environ, "RAY_TMPDIR": str(base)}
+    port = free_port()
+    try:
+        # every port its own: `ray start` otherwise takes fixed ones (the dashboard agent's 52365,
+        # the client server's 10001) that any other Ray on the machine may hold
+        started = subprocess.run([RAY, "start", "--head", f"--port={port}", f"--temp-dir={base / 'ray'}",
+                                  "--num-cpus=1", "--node-ip-address=127.0.0.1", f"--dashboard-port={free_port()}",
+                                  f"--dashboard-agent-listen-port={free_port()}",
+                                  f"--ray-client-server-port={free_port()}",
+                                  "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
+                                 env=env, capture_output=True, text=True, timeout=300)
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        assert (base / "ray" / "ray_current_cluster").is_file()  # what a bare ray.init() would join
+
+        trained = subprocess.run([AAM, "train", "--data", str(example_dataset), "--out", str(tmp_path / "run"),
+                                  *TINY], env=env, capture_output=True, text=True, timeout=600)
+        assert trained.returncode == 0, trained.stderr[-3000:]
+        assert "existing Ray cluster" not in trained.stderr, trained.stderr[-3000:]
+
+        alive = subprocess.run([RAY, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True,
+                               text=True, timeout=120)
+        assert alive.returncode == 0, alive.stderr[-2000:]  # the user's Ray is still there
+    finally:
+        kill_processes_mentioning(str(base))
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_dashboard_line_says_where_the_token_is(monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    line = dashboard_line("127.0.0.1:8265")
+    assert line.startswith("Ray dashboard: http://127.0.0.1:8265") and "~/.ray/auth_token" in line
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", "/secrets/ray-token")
+    assert "/secrets/ray-token" in dashboard_line("127.0.0.1:8265")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token asked: just the address
+    assert dashboard_line("127.0.0.1:8266") == "Ray dashboard: http://127.0.0.1:8266"
