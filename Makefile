@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 # Starts afresh each time: it removes what an earlier demo and the README's "Use" commands wrote
 # there (only those folders), so the search is always demo/experiments/demo, the name "Use" pastes.
 demo: setup
-	rm -rf $(DEMO)/data $(DEMO)/experiments/demo $(DEMO)/runs $(DEMO)/predictions.tsv
+	rm -rf $(DEMO)/data $(DEMO)/experiments/demo $(DEMO)/runs $(DEMO)/predictions.tsv $(DEMO)/ensemble-predictions.tsv
 	$(AAM) convert --example mouse_age_mini --out $(DEMO)/data
 	$(AAM) tune search_spaces/demo.yaml --data $(DEMO)/data --storage-path $(DEMO)/experiments --name demo
 
