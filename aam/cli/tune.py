@@ -1,5 +1,6 @@
 """`aam tune`: a Ray Tune + Optuna search described by a YAML file under search_spaces/."""
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -7,6 +8,10 @@ import typer
 
 from aam.cli._app import app
 from aam.errors import AamUserError
+
+# `aam tune`'s exit code when the search ran to its end but a trial failed for good (its retries
+# spent): the other trials' results stand, and scripts can tell this from a user error (2)
+SEARCH_HAD_FAILURES = 3
 
 
 @app.command()
@@ -42,12 +47,26 @@ def tune(
             raise AamUserError(f"{space}: no such search-space file")
         loaded = load_space(space, data_override=data, storage_override=storage_path, name_override=name)
         experiment = run_search(loaded, address=address, dashboard=dashboard)
-    if isinstance(experiment, Path):
-        from aam.cli.runs import print_leaderboard
+    if not isinstance(experiment, Path):
+        print(f"experiment: {experiment}")
+        return
+    from aam.cli.runs import print_leaderboard
 
-        result = read_experiment(experiment)
-        print()
-        print_leaderboard(result, "table")
+    result = read_experiment(experiment)
+    print()
+    print_leaderboard(result, "table")
+    if any(t.checkpoint() is not None and t.best == t.best for t in result.trials):
         best = result.best()
         print(f"\nbest trial: {best.path}  ({result.metric} {best.best:.4g} at epoch {best.best_epoch})")
     print(f"experiment: {experiment}")
+    statuses = [t.status for t in result.trials]
+    counts = {kind: statuses.count(kind) for kind in ("finished", "stopped early", "failed")}
+    others = len(statuses) - sum(counts.values())  # a time budget can leave sampled trials unstarted
+    print(f"search ended: {', '.join(f'{n} {kind}' for kind, n in counts.items())}"
+          + (f", {others} not run" if others else ""))
+    if counts["failed"]:
+        failed = [t for t in result.trials if t.status == "failed"]
+        print(f"aam: {counts['failed']} trial(s) failed after their retries (first: {failed[0].path.name}: "
+              f"{failed[0].error or 'see its error.txt'}); `aam tune --resume {experiment}` tries them again",
+              file=sys.stderr)
+        raise typer.Exit(SEARCH_HAD_FAILURES)

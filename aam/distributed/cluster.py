@@ -29,6 +29,9 @@ RAY_ENV_DEFAULTS = {
     # trials from their last checkpoint rather than an older one (or from scratch).
     "TUNE_GLOBAL_CHECKPOINT_S": "1",
     "RAY_AIR_NEW_OUTPUT": "0",
+    # a failed trial is one line from aam's progress printer (its error.txt keeps the traceback),
+    # not Tune's traceback of the driver's ray.get for every failure, retried ones included
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
     # Ray Data configures its own logger on import from this, over any setLevel: "Starting
     # execution of Dataset ..." per epoch in every Train worker otherwise
     "RAY_DATA_LOG_LEVEL": "WARNING",
