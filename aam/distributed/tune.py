@@ -88,7 +88,7 @@ def _fit_nested(cfg: RunConfig, static: StaticData, train_rows: pa.Table, space_
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from aam.distributed.train import train_loop_per_worker
+    from aam.distributed.train import train_logging, train_loop_per_worker
 
     context = ray.tune.get_context()
     objective = space_dict["objective"]
@@ -108,6 +108,7 @@ def _fit_nested(cfg: RunConfig, static: StaticData, train_rows: pa.Table, space_
             callbacks=[TuneReportCallback()],
             # a dead Train worker restarts the worker group from this run's last checkpoint, within the trial
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            logging_config=train_logging(),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=space_dict["tune"]["keep_checkpoints"],
                 checkpoint_score_attribute=objective["metric"],
