@@ -55,8 +55,11 @@ def tune(
     result = read_experiment(experiment)
     print()
     print_leaderboard(result, "table")
-    if any(t.checkpoint() is not None and t.best == t.best for t in result.trials):
+    try:
         best = result.best()
+    except AamUserError:  # every trial failed before its first checkpoint: the counts below say so
+        best = None
+    if best is not None:
         print(f"\nbest trial: {best.path}  ({result.metric} {best.best:.4g} at epoch {best.best_epoch})")
     print(f"experiment: {experiment}")
     statuses = [t.status for t in result.trials]

@@ -75,7 +75,8 @@ def setup_worker() -> None:
 
     import ray
 
-    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    if not os.environ.get("RAY_ADDRESS"):  # unset, or set empty ("start a local Ray") by the driver's caller
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     warnings.filterwarnings("ignore", message=r"`ExecutionOptions\.exclude_resources` is deprecated")
     quiet_ray_loggers()
 

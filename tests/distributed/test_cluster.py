@@ -44,6 +44,6 @@ def test_the_worker_hook_loads_without_importing_aam_and_drops_the_drivers_direc
         hidden.setattr(sys, "meta_path", [_NoAam(), *sys.meta_path])
         hook = pickle.loads(payload)  # by value: nothing of aam is imported to load it
     monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
-    monkeypatch.setenv("RAY_ADDRESS", os.environ.get("RAY_ADDRESS", ""))  # the hook's own setting, undone after
+    monkeypatch.setenv("RAY_ADDRESS", os.environ.get("RAY_ADDRESS") or "127.0.0.1:1")  # the hook sets it; undone after
     hook()  # what every worker runs: the path cleaned, then aam's own set-up
     assert str(tmp_path) not in sys.path
