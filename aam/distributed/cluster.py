@@ -16,6 +16,8 @@ import secrets
 import sys
 from pathlib import Path
 
+from aam.errors import AamUserError
+
 # Defaults a user can still override in their environment. Workers inherit them.
 RAY_ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -122,18 +124,22 @@ def private_token_file() -> Path | None:
     if os.environ.get("RAY_AUTH_TOKEN"):
         return None
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:  # created 0600 from the start: no moment at which another user could read it
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another aam or Ray wrote it just now
-            pass
-        else:
-            with os.fdopen(descriptor, "w") as out:
-                out.write(secrets.token_hex(32))  # as Ray's own generator: 256 bits
-    info = path.stat()
-    if info.st_uid == os.getuid() and info.st_mode & 0o077:
-        path.chmod(0o600)
+    try:
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:  # created 0600 from the start: no moment at which another user could read it
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another aam or Ray wrote it just now
+                pass
+            else:
+                with os.fdopen(descriptor, "w") as out:
+                    out.write(secrets.token_hex(32))  # as Ray's own generator: 256 bits
+        info = path.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError as e:
+        raise AamUserError(f"Ray's token file {path}: {e.strerror}; set RAY_AUTH_TOKEN_PATH to a file you can "
+                           "write (it is created 0600)") from None
     return path
 
 
