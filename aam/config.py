@@ -149,6 +149,8 @@ class RunConfig:
     workers: int = _f(1, "Ray Train workers (data-parallel).", low=1, section="resources")
     cpus_per_worker: float = _f(1.0, "CPUs reserved per worker.", low=0.0, section="resources")
     gpus_per_worker: float = _f(0.0, "GPUs per worker (0: CPU training).", low=0.0, section="resources")
+    max_failures: int = _f(2, "Times a run whose worker, actor or node died is restarted from its last "
+                           "checkpoint (0: never).", low=0, section="resources")
 
     # ---------------------------------------------------------------------------------------
     @classmethod

@@ -10,3 +10,13 @@ class AamUserError(Exception):
     """A mistake in what the user passed: printed as one line, exit code 2."""
 
     exit_code = 2
+
+
+class AamRunFailed(AamUserError):
+    """A run that failed for good after its retries (its workers kept dying): one line, exit code 1.
+
+    Not the user's mistake, but no traceback of Ray's would help either: the line says what
+    failed and that the run can be continued from its last checkpoint.
+    """
+
+    exit_code = 1

@@ -101,12 +101,43 @@ def train(
 
 
 def _load_resume_state(run_dir: Path) -> dict:
-    from aam.training.checkpoint import STATE_FILE
     from aam.training.loop import resume_state
 
-    if not (run_dir / STATE_FILE).is_file():
-        raise AamUserError(f"--resume-from {run_dir}: no {STATE_FILE} there; pass a run folder written by `aam train`")
-    return resume_state(run_dir)
+    folder = newest_checkpoint(run_dir)
+    if folder != run_dir:
+        print(f"--resume-from {run_dir}: continuing from its newest checkpoint, {folder}", flush=True)
+    return resume_state(folder)
+
+
+def newest_checkpoint(run_dir: Path) -> Path:
+    """The folder of the newest `state.pt` a run left, whichever path wrote it.
+
+    A finished run has its last state at RUN/state.pt; a run that stopped early (killed, or its
+    workers failed for good) left it only in Ray Train's checkpoints, RUN/ray/train/checkpoint_*/;
+    `--resume-from` also takes such a checkpoint folder itself. The newest is the one furthest in
+    training (the epochs its metrics.json records, read as plain JSON), then the last written.
+    """
+    import json
+
+    from aam.training.checkpoint import STATE_FILE
+
+    if not run_dir.is_dir():
+        raise AamUserError(f"--resume-from {run_dir}: no such folder; pass a run folder written by `aam train`")
+    found = [p.parent for p in [run_dir / STATE_FILE, *sorted(run_dir.glob(f"ray/*/checkpoint_*/{STATE_FILE}"))]
+             if p.is_file()]
+    if not found:
+        raise AamUserError(f"--resume-from {run_dir}: no {STATE_FILE} there nor in its ray/*/checkpoint_* folders; "
+                           "pass a run folder written by `aam train`")
+
+    def progress(folder: Path) -> tuple[int, float]:
+        try:
+            history = json.loads((folder / "metrics.json").read_text())["history"]
+            epoch = int(history[-1]["epoch"])
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            epoch = -1
+        return epoch, (folder / STATE_FILE).stat().st_mtime
+
+    return max(found, key=progress)
 
 
 def _check_out(out: Path, force: bool, resume_from: Optional[Path]) -> None:

@@ -1,5 +1,6 @@
 """`aam tune`: a Ray Tune + Optuna search described by a YAML file under search_spaces/."""
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -7,6 +8,10 @@ import typer
 
 from aam.cli._app import app
 from aam.errors import AamUserError
+
+# `aam tune`'s exit code when the search ran to its end but a trial failed for good (its retries
+# spent): the other trials' results stand, and scripts can tell this from a user error (2)
+SEARCH_HAD_FAILURES = 3
 
 
 @app.command()
@@ -43,13 +48,19 @@ def tune(
             raise AamUserError(f"{space}: no such search-space file")
         loaded = load_space(space, data_override=data, storage_override=storage_path, name_override=name)
         experiment = run_search(loaded, address=address, dashboard=dashboard, verbose=verbose)
-    if isinstance(experiment, Path):
-        from aam.cli.runs import print_leaderboard
+    if not isinstance(experiment, Path):
+        print(f"experiment: {experiment}")
+        return
+    from aam.cli.runs import print_leaderboard
 
-        result = read_experiment(experiment)
-        print()
-        print_leaderboard(result, "table")
+    result = read_experiment(experiment)
+    print()
+    print_leaderboard(result, "table")
+    try:
         best = result.best()
+    except AamUserError:  # every trial failed before its first checkpoint: the counts below say so
+        best = None
+    if best is not None:
         print(f"\nbest trial: {best.path}  ({result.metric} {best.best:.4g} at epoch {best.best_epoch})")
         from aam.distributed.report import write_report
 
@@ -58,3 +69,14 @@ def tune(
         except Exception as e:  # the search is done and saved: a report that fails must not hide that
             print(f"report not written ({type(e).__name__}: {e}); `aam report {experiment}` tries again")
     print(f"experiment: {experiment}")
+    statuses = [t.status for t in result.trials]
+    counts = {kind: statuses.count(kind) for kind in ("finished", "stopped early", "failed")}
+    others = len(statuses) - sum(counts.values())  # a time budget can leave sampled trials unstarted
+    print(f"search ended: {', '.join(f'{n} {kind}' for kind, n in counts.items())}"
+          + (f", {others} not run" if others else ""))
+    if counts["failed"]:
+        failed = [t for t in result.trials if t.status == "failed"]
+        print(f"aam: {counts['failed']} trial(s) failed after their retries (first: {failed[0].path.name}: "
+              f"{failed[0].error or 'see its error.txt'}); `aam tune --resume {experiment}` tries them again",
+              file=sys.stderr)
+        raise typer.Exit(SEARCH_HAD_FAILURES)

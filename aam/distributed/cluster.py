@@ -12,7 +12,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import sys
+from pathlib import Path
+
+from aam.errors import AamUserError
 
 # Defaults a user can still override in their environment. Workers inherit them.
 RAY_ENV_DEFAULTS = {
@@ -29,6 +33,9 @@ RAY_ENV_DEFAULTS = {
     # trials from their last checkpoint rather than an older one (or from scratch).
     "TUNE_GLOBAL_CHECKPOINT_S": "1",
     "RAY_AIR_NEW_OUTPUT": "0",
+    # a failed trial is one line from aam's progress printer (its error.txt keeps the traceback),
+    # not Tune's traceback of the driver's ray.get for every failure, retried ones included
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
     # Ray Data configures its own logger on import from this, over any setLevel: "Starting
     # execution of Dataset ..." per epoch in every Train worker otherwise
     "RAY_DATA_LOG_LEVEL": "WARNING",
@@ -70,15 +77,107 @@ def setup_worker() -> None:
 
     import ray
 
-    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    if not os.environ.get("RAY_ADDRESS"):  # unset, or set empty ("start a local Ray") by the driver's caller
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     warnings.filterwarnings("ignore", message=r"`ExecutionOptions\.exclude_resources` is deprecated")
     quiet_ray_loggers()
+
+
+def secure_local_ray() -> None:
+    """Before an embedded Ray starts: every port on 127.0.0.1, and token authentication on.
+
+    Ray binds its GCS, raylet, worker, agent and metrics ports to the node's IP or to all
+    interfaces, and loopback only when that IP is 127.0.0.1; `ray.init` turns
+    `_node_ip_address="127.0.0.1"` back into the machine's reachable IP unless Ray thinks
+    multi-node clusters are unsupported here (its RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER switch, read
+    once at import into `ENABLE_RAY_CLUSTER`, which it consults on every call). Setting it here
+    also covers a process that imported Ray already. Joining a cluster (`--address`) skips this.
+
+    Token auth: Ray 2.60 turns it on for new local clusters when RAY_AUTH_MODE is unset, and
+    writes its token file with the user's umask (0644 under the usual 022). aam asks for it
+    itself (an explicit RAY_AUTH_MODE, e.g. `disabled` in the test session, is respected) and
+    makes the token file readable by its owner only.
+    """
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    mode = os.environ.get(AUTH_MODE_VAR)
+    if mode is not None and mode.lower() != "token":
+        return
+    private_token_file()
+    if mode is None:
+        # what Ray does for its own default: the env for the processes it starts, and a refresh
+        # of this process's cached config, which Ray read before this variable was set
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()
+
+
+AUTH_MODE_VAR = "RAY_AUTH_MODE"
+
+
+def private_token_file() -> Path | None:
+    """Ray's token file (RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token), made 0600 or created so.
+
+    None when the token comes from RAY_AUTH_TOKEN itself. A file owned by someone else is left as it is.
+    """
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:  # created 0600 from the start: no moment at which another user could read it
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another aam or Ray wrote it just now
+                pass
+            else:
+                with os.fdopen(descriptor, "w") as out:
+                    out.write(secrets.token_hex(32))  # as Ray's own generator: 256 bits
+        info = path.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError as e:
+        raise AamUserError(f"Ray's token file {path}: {e.strerror}; set RAY_AUTH_TOKEN_PATH to a file you can "
+                           "write (it is created 0600)") from None
+    return path
+
+
+def worker_runtime_env() -> dict:
+    """The runtime_env of every Ray aam starts or joins: the set-up hook of its worker processes."""
+    return {"worker_process_setup_hook": _setup_hook(os.path.abspath(os.curdir))}
+
+
+def _setup_hook(driver_cwd: str):
+    """`setup_worker`, behind a step that takes the driver's working directory off `sys.path`.
+
+    Ray puts the driver's working directory first on every worker's `sys.path`, so a folder
+    named `aam` there (the folder holding a checkout, or any project of that name) shadows the
+    installed package in the workers only ("module 'aam' has no attribute '__version__'"). The
+    returned closure is pickled by value, so loading it in a worker imports nothing of aam; it
+    cleans the path first. A driver run from the checkout itself keeps it: that is its aam.
+    """
+    import aam
+
+    keep = Path(aam.__file__).resolve().parent == Path(driver_cwd, "aam").resolve()
+
+    def setup() -> None:
+        import sys
+
+        if not keep:
+            sys.path[:] = [entry for entry in sys.path if entry != driver_cwd]
+        from aam.distributed.cluster import setup_worker as aam_setup
+
+        aam_setup()
+
+    return setup
 
 
 def local_init_options(num_cpus: int, dashboard: bool = True) -> dict:
     """`ray.init` keywords for an embedded local Ray (the CLI's and the test session's)."""
     import ray
 
+    secure_local_ray()
     return dict(
         num_cpus=num_cpus,
         include_dashboard=dashboard,
@@ -88,7 +187,7 @@ def local_init_options(num_cpus: int, dashboard: bool = True) -> dict:
         # in every worker, and the driver prints them whenever they arrive
         logging_config=ray.LoggingConfig(encoding="TEXT", log_level="WARNING"),
         log_to_driver=True,
-        runtime_env={"worker_process_setup_hook": "aam.distributed.cluster.setup_worker"},
+        runtime_env=worker_runtime_env(),
     )
 
 
@@ -125,7 +224,7 @@ def ray_runtime(address: str | None = None, cpus_needed: float = 0.0, quiet: boo
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
+        ray.init(address=address, log_to_driver=True, logging_level="WARNING", runtime_env=worker_runtime_env())
         started = False
     else:
         cpus = os.cpu_count() or 1

@@ -4,13 +4,19 @@ Sources, all plain files Tune and the trials leave behind:
 - `experiment_state-*.json` (Tune): each trial's status and last result;
 - `trial_*/result.json` (Tune, one JSON line per epoch): the metric history;
 - `trial_*/config.json` (the trial): its resolved run config;
-- `trial_*/checkpoint_*/model.pt` (the loop): the trial's best model so far.
+- `trial_*/checkpoint_*/model.pt` (the loop): the trial's best model so far;
+- `trial_*/error.txt` (Tune, one block per failure): why a trial failed. Its twin `error.pkl` is a
+  pickle and is never read: unpickling a file from a shared folder could run code;
+- `trial_*/aam-failed.json` (the `aam tune` driver): the trial failed for good. Tune's own
+  record cannot say so when the trial's process died: it keeps the status it last cached for a
+  trial without a live actor ("RUNNING"), so a dead trial read as running forever.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +25,7 @@ import pandas as pd
 from aam.errors import AamUserError
 
 SPACE_FILE = "aam-space.yaml"
+FAILED_FILE = "aam-failed.json"
 
 
 @dataclass
@@ -31,6 +38,8 @@ class Trial:
     best: float = math.nan  # the objective at the trial's best epoch
     best_epoch: int = 0
     epochs_done: int = 0
+    error: str = ""  # the gist of its last failure (error.txt), when it failed
+
 
     def checkpoint(self) -> Path | None:
         """The newest kept checkpoint: its model.pt holds the trial's best weights so far."""
@@ -97,6 +106,8 @@ class Experiment:
             last = t.history[-1] if t.history else {}
             row = {"rank": rank, "trial": t.path.name, "status": t.status, "epochs": t.epochs_done,
                    f"best_{self.metric}": t.best, "best_epoch": t.best_epoch}
+            if t.status == "failed":
+                row["error"] = t.error
             for key in ("val_mae", "val_r2", "test_mae", "test_r2"):
                 if key in last and key != self.metric:
                     row[key] = last[key]
@@ -122,8 +133,9 @@ def read_experiment(path: str | Path) -> Experiment:
         trial_id = trial_dir.name.removeprefix("trial_")
         history = _history(trial_dir / "result.json")
         config = _config(trial_dir)
-        status = _status(states.get(trial_id), history, config, space)
-        trial = Trial(trial_id, trial_dir, status, config, history, epochs_done=len(history))
+        status = "failed" if (trial_dir / FAILED_FILE).is_file() else _status(states.get(trial_id), history, config, space)
+        trial = Trial(trial_id, trial_dir, status, config, history, epochs_done=len(history),
+                      error=error_line(trial_dir) if status == "failed" else "")
         scores = [(h[metric], h.get("training_iteration", i + 1)) for i, h in enumerate(history) if metric in h]
         if scores:
             pick = min if mode == "min" else max
@@ -166,6 +178,42 @@ def unrecorded_trials(path: Path, recorded: set[str]) -> list[Trial]:
             history = _history(trial_dir / "result.json")
             out.append(Trial(trial_id, trial_dir, "unrecorded", _config(trial_dir), history, epochs_done=len(history)))
     return out
+
+
+def mark_failed(trial_dir: Path, error: str, failures: int) -> None:
+    """Record that a trial failed for good (its retries spent); `read_experiment` reads it back."""
+    trial_dir = Path(trial_dir)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    (trial_dir / FAILED_FILE).write_text(json.dumps({"status": "failed", "error": error, "failures": failures}))
+
+
+def clear_failed(trial_dir: Path) -> None:
+    """A failed trial that a resumed search starts again is no longer failed."""
+    (Path(trial_dir) / FAILED_FILE).unlink(missing_ok=True)
+
+
+def error_line(trial_dir: Path) -> str:
+    """The gist of a trial's latest failure: the exception line of the last block of its error.txt.
+
+    Tune appends "Failure # N (occurred at ...)" and the error's text per failure; for an error
+    raised in the trial that text is a traceback whose last `Type: message` line says what
+    happened, and for a dead worker it is one sentence ("The actor died unexpectedly ...").
+    """
+    file = Path(trial_dir) / "error.txt"
+    try:
+        text = file.read_text(errors="replace")
+    except OSError:
+        return ""
+    block = text.rsplit("Failure # ", 1)[-1].splitlines()[1:]
+    lines = [line.strip() for line in block if line.strip()]
+    if not lines:
+        return ""
+    raised = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    line = raised[-1] if raised else lines[0]
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupt|Exit)\b.*")
 
 
 def cut_short_state(path: Path) -> Path | None:

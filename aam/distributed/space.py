@@ -37,7 +37,10 @@ from aam.errors import AamUserError
 
 TOP_KEYS = ("data", "storage_path", "name", "objective", "fixed", "search", "tune")
 TUNE_KEYS = ("num_samples", "max_concurrent_trials", "time_budget_s", "scheduler", "searcher", "resources",
-             "keep_checkpoints")
+             "keep_checkpoints", "max_failures")
+# a run-config resource that the space sets from `tune: max_failures`, not from tune.resources: one
+# number says how often a trial, and the TorchTrainer inside a nested trial, is retried
+RETRIES_FIELD = "max_failures"
 SCHEDULER_KEYS = {"asha": ("type", "grace_period", "reduction_factor", "max_t"), "none": ("type",)}
 SEARCHER_KEYS = {"optuna": ("type", "seed", "n_startup_trials", "multivariate"), "random": ("type", "seed")}
 DATA_FIELD = "data"  # the top-level `data:` key fills this RunConfig field
@@ -53,6 +56,7 @@ DEFAULTS = {
     "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2, "max_t": None},
     "searcher": {"type": "optuna", "seed": 0, "n_startup_trials": 10, "multivariate": True},
     "keep_checkpoints": 2,
+    "max_failures": 2,
 }
 
 
@@ -77,6 +81,7 @@ class SearchSpace:
     # {"type": "optuna", "seed", "n_startup_trials", "multivariate"} | {"type": "random", "seed"}
     searcher: dict[str, Any]
     keep_checkpoints: int | None
+    max_failures: int = DEFAULTS["max_failures"]  # retries of a trial whose worker, actor or node died
 
     # --- building --------------------------------------------------------------------------
     @classmethod
@@ -120,6 +125,7 @@ class SearchSpace:
             searcher=searcher,
             keep_checkpoints=check.integer(tune.get("keep_checkpoints", DEFAULTS["keep_checkpoints"]),
                                            "tune.keep_checkpoints", 1, none_ok=True),
+            max_failures=check.integer(tune.get("max_failures", DEFAULTS["max_failures"]), "tune.max_failures", 0),
         )
         space._sanity_sample()
         return space
@@ -129,6 +135,7 @@ class SearchSpace:
         """The values every trial shares: fixed:, tune.resources and the dataset folder."""
         out = {k: _copy(v) for k, v in self.fixed.items()}
         out.update({k: _copy(v) for k, v in self.resources.items()})
+        out[RETRIES_FIELD] = self.max_failures
         if self.data is not None and DATA_FIELD in RunConfig.fields():
             out[DATA_FIELD] = self.data
         return out
@@ -222,6 +229,7 @@ class SearchSpace:
                 "searcher": dict(self.searcher),
                 "resources": dict(self.resources),
                 "keep_checkpoints": self.keep_checkpoints,
+                "max_failures": self.max_failures,
             },
         }
 
@@ -266,6 +274,8 @@ def _check_searchable(check: Checker, name: str, key: str) -> None:
     check.field_name(name, key)
     if name == DATA_FIELD:
         raise check.error(key, "the dataset goes in the top-level data: key (or --data)")
+    if name == RETRIES_FIELD:
+        raise check.error(key, f"{name} is how often a failed trial is retried; put it under tune: ({name}: 2)")
     if name in resource_fields():
         raise check.error(key, f"{name} is a per-trial resource; put it under tune.resources")
 
@@ -300,8 +310,11 @@ def _parse_search(check: Checker, raw: Any, fixed: dict) -> list[Param]:
 
 
 def _parse_resources(check: Checker, raw: Any, params: list[Param]) -> dict[str, Any]:
-    allowed = resource_fields()
+    allowed = [name for name in resource_fields() if name != RETRIES_FIELD]
     given = check.mapping(raw, "tune.resources", "{workers: 1, cpus_per_worker: 1, gpus_per_worker: 0}")
+    if RETRIES_FIELD in given:
+        raise check.error(f"tune.resources.{RETRIES_FIELD}", f"retries are not a resource; put {RETRIES_FIELD} "
+                          f"directly under tune: ({RETRIES_FIELD}: {given[RETRIES_FIELD]!r})")
     check.keys(given, allowed, "tune.resources")
     defaults = RunConfig()
     return {name: check.field_value(name, given[name], f"tune.resources.{name}") if name in given

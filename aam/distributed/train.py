@@ -9,6 +9,7 @@ gradients) across workers, so every pair of the global batch counts, as on one w
 from __future__ import annotations
 
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 
 from aam.config import RunConfig
 from aam.distributed.cluster import quiet_ray_loggers, ray_runtime
-from aam.errors import AamUserError
+from aam.errors import AamRunFailed, AamUserError
 from aam.training.loop import Session, StaticData, checkpoint_resume_state, fit
 from aam.training.prepare import load_static
 
@@ -109,10 +110,16 @@ def train_loop_per_worker(config: dict) -> None:
 
 def train_logging(verbose: bool):
     """Ray Train's console lines: its start-up steps (requesting resources, starting the worker
-    group, each worker's ip and pid, the process group) only with --verbose; warnings always."""
+    group, each worker's ip and pid, the process group) only with --verbose; otherwise none.
+
+    A worker that dies makes Ray Train log ~100 lines of tracebacks per attempt (the dead
+    worker, each survivor's broken collective, the failure policy's decision, the shutdown);
+    `_one_line` says what matters once. Ray Train still writes every level to its system log
+    files, <ray session>/logs/train/ray-train-sys-*.log.
+    """
     import ray.train
 
-    return ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING")
+    return ray.train.LoggingConfig(log_level="INFO" if verbose else "CRITICAL")
 
 
 def train(cfg: RunConfig, run_dir: Path, restore: dict | None = None, address: str | None = None,
@@ -153,18 +160,68 @@ def train(cfg: RunConfig, run_dir: Path, restore: dict | None = None, address: s
                 name="train",
                 storage_path=str(run_dir / RAY_STORAGE),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+                # a dead worker (process, actor or node) restarts the group from the last checkpoint
+                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
                 logging_config=train_logging(verbose),
             ),
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as error:
+            raise _one_line(error, cfg, run_dir) from None
         if result.error is not None:
-            raise result.error
+            raise _one_line(result.error, cfg, run_dir)
         with result.checkpoint.as_directory() as folder:
             _copy_tree(Path(folder), run_dir)
     # Ray Train's own copy of the checkpoint, there only so a restarted worker group can resume
     # mid-run; its files are now in the run folder itself
     shutil.rmtree(run_dir / RAY_STORAGE, ignore_errors=True)
     return result.metrics or {}
+
+
+def _one_line(error: Exception, cfg: RunConfig, run_dir: Path) -> Exception:
+    """Ray's training failure as the one line a user needs.
+
+    A mistake the loop found in a worker (an `AamUserError`, e.g. a resumed config it cannot
+    continue) stays that user error. A worker that died (process, actor or node) is named with
+    the death. An exception in the training code is a bug: its worker traceback is printed first.
+    """
+    from ray.exceptions import RayActorError
+
+    failures = dict(getattr(error, "worker_failures", None) or {})
+    if not failures:
+        failures = {None: getattr(error, "controller_failure", error)}
+    for cause in failures.values():
+        base = getattr(cause, "_base_exc", cause)  # the exception a worker's training code raised
+        if isinstance(base, AamUserError):
+            return base
+    died = {rank: cause for rank, cause in failures.items()
+            if isinstance(getattr(cause, "health_check_failure", cause), RayActorError)}
+    if died:
+        rank, cause = next(iter(died.items()))
+        what = f"worker rank {rank} died: {_first_line(getattr(cause, 'health_check_failure', cause))}"
+    else:
+        rank, cause = next(iter(failures.items()))
+        print(str(cause), file=sys.stderr, flush=True)  # a bug keeps its traceback
+        what = f"{'worker rank ' + str(rank) if rank is not None else 'Ray Train'} raised {_last_line(cause)}"
+    return AamRunFailed(
+        f"training failed after {cfg.max_failures} restart(s) from its last checkpoint ({what}); continue it "
+        f"with `aam train --resume-from {run_dir} --out {run_dir}`, or allow more with --max-failures"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return _short(lines[0] if lines else type(error).__name__)
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return _short(lines[-1] if lines else type(error).__name__)
+
+
+def _short(line: str) -> str:
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def _check_workers(cfg: RunConfig, static: StaticData) -> None:

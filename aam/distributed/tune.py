@@ -21,7 +21,14 @@ from ray.tune import Callback
 
 from aam.config import DATASET_NAMED_FIELDS, RunConfig, check_dataset_value
 from aam.distributed.cluster import ray_runtime
-from aam.distributed.experiment import cut_short_state, recorded_trial_ids, unrecorded_trials
+from aam.distributed.experiment import (
+    clear_failed,
+    cut_short_state,
+    error_line,
+    mark_failed,
+    recorded_trial_ids,
+    unrecorded_trials,
+)
 from aam.distributed.space import SearchSpace
 from aam.errors import AamUserError
 from aam.training.loop import Session, StaticData, checkpoint_resume_state, fit
@@ -100,6 +107,8 @@ def _fit_nested(cfg: RunConfig, static: StaticData, train_rows: pa.Table, space_
             name=f"{context.get_experiment_name()}-{context.get_trial_id()}",
             storage_path=str(_storage_join(space_dict["storage_path"], "_train_runs")),
             callbacks=[TuneReportCallback()],
+            # a dead Train worker restarts the worker group from this run's last checkpoint, within the trial
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             # the newest N, like the trial's own checkpoints (see run_search)
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=space_dict["tune"]["keep_checkpoints"]),
             logging_config=train_logging(verbose),
@@ -129,6 +138,8 @@ class ProgressPrinter(Callback):
         self.best, self.counts = state["best"], dict(state["counts"])
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        if _local(trial.path):
+            clear_failed(Path(trial.path))  # a resumed search retries a trial that had failed
         running = 1 + sum(t.status == "RUNNING" for t in trials if t is not trial)  # its own status lags
         self.say(f"{trial.trial_id} started ({running} running)")
 
@@ -151,15 +162,32 @@ class ProgressPrinter(Callback):
         self.counts[kind] += 1
         self.say(f"{trial.trial_id} {kind} after {done}/{total} epochs" + self.tally())
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        failures = trial.run_metadata.num_failures
+        self.say(f"{trial.trial_id} failed ({_error_line(trial)}); retrying from its last checkpoint "
+                 f"(retry {failures} of {trial.max_failures})")
+
     def on_trial_error(self, iteration, trials, trial, **info):
         self.counts["failed"] += 1
-        self.say(f"{trial.trial_id} FAILED: see {trial.local_path}/error.txt" + self.tally())
+        error = _error_line(trial)
+        if _local(trial.path):
+            mark_failed(Path(trial.path), error, trial.run_metadata.num_failures)
+        self.say(f"{trial.trial_id} FAILED for good ({error}); see {trial.path}/error.txt" + self.tally())
 
     def tally(self) -> str:
         return "  [" + ", ".join(f"{v} {k}" for k, v in self.counts.items() if v) + "]"
 
     def say(self, line: str) -> None:
         print(f"[{time.monotonic() - self.started:7.1f}s] {line}", file=sys.stdout, flush=True)
+
+
+def _local(path: str) -> bool:
+    return "://" not in str(path)
+
+
+def _error_line(trial) -> str:
+    """The gist of a trial's latest failure, from the error.txt Tune just wrote (never its pickle)."""
+    return error_line(Path(trial.local_path)) or "no error message"
 
 
 def _trainable(space: SearchSpace, probe: RunConfig, static: StaticData, train_rows: pa.Table,
@@ -235,6 +263,8 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
                     # trial folders get config.json: sync it with each checkpoint
                     sync_config=ray.tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True),
                     callbacks=[ProgressPrinter(space.metric, space.mode, probe.epochs)],
+                    # a trial whose worker, actor or node died starts again from its last checkpoint
+                    failure_config=ray.tune.FailureConfig(max_failures=space.max_failures),
                     # The newest keep_checkpoints checkpoints. Each holds the trial's best model so far
                     # (model.pt) and the state to resume from, so the newest is both the best and the
                     # one to resume; ranked by score, Tune kept the best N *and* the newest (N+1).

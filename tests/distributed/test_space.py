@@ -201,7 +201,7 @@ def test_define_by_run_returns_fixed_resources_and_data_as_constants(tmp_path):
     params, _, constants = sample(space, n=1)[0]
     assert constants == {
         "epochs": 3, "head_hidden": [32, 16], "targets": ["Age_wk"],
-        "workers": 2, "cpus_per_worker": 0.5, "gpus_per_worker": 0.0,
+        "workers": 2, "cpus_per_worker": 0.5, "gpus_per_worker": 0.0, "max_failures": 2,
         "data": str(tmp_path / "data"),
     }
     cfg = space.trial_config({**constants, **params})
@@ -362,6 +362,12 @@ ERRORS = {
     "max_concurrent_trials < 1": ({"tune": {"max_concurrent_trials": 0}}, r"tune\.max_concurrent_trials: 0 is below its minimum 1"),
     "time_budget_s negative": ({"tune": {"time_budget_s": -5}}, r"tune\.time_budget_s: -5 is below its minimum"),
     "keep_checkpoints < 1": ({"tune": {"keep_checkpoints": 0}}, r"tune\.keep_checkpoints: 0 is below its minimum 1"),
+    "max_failures < 0": ({"tune": {"max_failures": -1}}, r"tune\.max_failures: -1 is below its minimum 0"),
+    "max_failures as a resource": ({"tune": {"resources": {"max_failures": 3}}},
+                                   r"tune\.resources\.max_failures: retries are not a resource; put max_failures "
+                                   r"directly under tune: \(max_failures: 3\)"),
+    "max_failures in fixed": ({"fixed": {"epochs": 4, "max_failures": 3}},
+                              r"fixed\.max_failures: max_failures is how often a failed trial is retried; put it under tune:"),
     "grace_period > max_t": ({"tune": {"scheduler": {"type": "asha", "grace_period": 5, "max_t": 3}}},
                              r"tune\.scheduler: grace_period=5 > max_t=3; ASHA would never stop a trial"),
     "grace_period > epochs": ({"tune": {"scheduler": {"type": "asha", "grace_period": 5}}},
@@ -543,3 +549,15 @@ def test_accepted_objectives(tmp_path):
         space = load(tmp_path, base(objective={"metric": metric, "mode": mode}))
         assert (space.metric, space.mode) == (metric, mode)
     assert isinstance(load(tmp_path, base()), SearchSpace)
+
+
+def test_max_failures_defaults_to_two_and_reaches_every_trials_config(tmp_path):
+    default = load(tmp_path, base())
+    assert default.max_failures == 2 and default.constants()["max_failures"] == 2
+    doc = base()
+    doc["tune"] = {**doc["tune"], "max_failures": 0}
+    none = load(tmp_path, doc)
+    assert none.max_failures == 0 and none.to_dict()["tune"]["max_failures"] == 0
+    assert "max_failures" not in none.to_dict()["tune"]["resources"]  # one place says it
+    assert none.trial_config({"lr": 1e-3}).max_failures == 0  # a nested TorchTrainer retries as often
+    assert SearchSpace.from_dict(none.to_dict(), where="again").max_failures == 0
