@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
+from aam._files import mark_output
 from aam.config import RunConfig
 from aam.distributed.cluster import quiet_ray_loggers, ray_runtime
 from aam.errors import AamUserError
@@ -115,6 +116,7 @@ def train(cfg: RunConfig, run_dir: Path, restore: dict | None = None, address: s
         print(f"warning: {warning}", flush=True)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    mark_output(run_dir, "run")
     with ray_runtime(address, cpus_needed=cfg.workers * cfg.cpus_per_worker) as ray:
         import ray.data
         import ray.train
