@@ -8,6 +8,7 @@ import atexit
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import sys
@@ -112,13 +113,14 @@ def replacing_folder(out: Path, replace: bool):
     if replace and out.is_dir():
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(out, old)
-    out.mkdir(parents=True, exist_ok=True)
     try:
         yield out
     except BaseException:
         if old is not None:
             shutil.rmtree(out, ignore_errors=True)  # only what this command wrote
             os.rename(old, out)
+        elif out.is_dir() and {p.name for p in out.iterdir()} <= {OUTPUT_MARKER}:
+            shutil.rmtree(out, ignore_errors=True)  # failed before writing anything: leave no folder
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -180,18 +182,22 @@ def load_torch(path: Path, what: str = "aam file") -> object:
     import torch
 
     path = Path(path)
-    if not verify_checksum(path) and str(path) not in _NOTED:
+    checked = verify_checksum(path)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported (?:global|class)[:\s]*(?:GLOBAL\s+)?([\w.]+)", str(e))
+        named = f" (it names {found.group(1)})" if found else ""
+        raise AamUserError(f"{path}: refused: it holds Python objects that could run code when loaded, not only "
+                           f"tensors and plain data{named}; not loaded: use a {path.name} that aam wrote") from None
+    except Exception as e:  # a truncated or foreign file is the user's to fix
+        detail = " ".join(str(e).split())[:160]
+        raise AamUserError(f"{path}: not a readable {what} ({type(e).__name__}: {detail})") from None
+    if not checked and str(path) not in _NOTED:
         _NOTED.add(str(path))
         print(f"note: {path} has no {checksum_file(path).name} beside it (written by an older aam); "
               "loaded without a corruption check", file=sys.stderr, flush=True)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AamUserError(f"{path}: refused: it holds Python objects that could run code when loaded, not only "
-                           f"tensors and plain data ({first[:160]}); load only {what}s written by aam") from None
-    except Exception as e:  # a truncated or foreign file is the user's to fix
-        raise AamUserError(f"{path}: not a readable {what} ({type(e).__name__}: {str(e)[:160]})") from None
+    return loaded
 
 
 # --- work folders: removed when the process ends, however it ends --------------------------

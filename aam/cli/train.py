@@ -99,7 +99,6 @@ def train(
                                                       "pretrained_encoder": cfg.pretrained_encoder},
                                   continuing=resume_from)
     with replacing_folder(out, replace):
-        mark_output(out, "run")
         if seeds == 1:
             results = {cfg.seed: run_training(cfg, out, restore=restore, address=address)}
             _print_summary(out, results[cfg.seed])
@@ -109,6 +108,7 @@ def train(
                 seeded = cfg.replace(where, seed=cfg.seed + k)
                 results[seeded.seed] = run_training(seeded, out / f"seed_{seeded.seed}", address=address)
                 _print_summary(out / f"seed_{seeded.seed}", results[seeded.seed])
+        mark_output(out, "run")  # a --seeds folder holds runs: one more run to --force over
         if trial is not None or seeds > 1:
             _write_comparison(out, results, trial)
 

@@ -148,12 +148,30 @@ def train(cfg: RunConfig, run_dir: Path, restore: dict | None = None, address: s
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             ),
         )
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
+        try:
+            result = trainer.fit()
+            if result.error is not None:
+                raise result.error
+        except Exception as e:
+            user_error = _user_error_in(e)
+            if user_error is None:
+                raise
+            raise user_error from None
         with result.checkpoint.as_directory() as folder:
             _copy_tree(Path(folder), run_dir)
     return result.metrics or {}
+
+
+def _user_error_in(error: BaseException) -> AamUserError | None:
+    """The AamUserError a worker raised (a diverged loss, a bad file), as one line for the CLI;
+    Ray wraps it in its own errors, whose text is a traceback."""
+    candidates = [error, *getattr(error, "worker_failures", {}).values()]
+    for candidate in candidates:
+        for inner in (getattr(candidate, "cause", None), candidate.__cause__, candidate):
+            if isinstance(inner, AamUserError):
+                message = inner.args[0] if inner.args and isinstance(inner.args[0], str) else str(inner)
+                return type(inner)(message.strip().splitlines()[-1] if "Traceback" in message else message)
+    return None
 
 
 def _check_workers(cfg: RunConfig, static: StaticData) -> None:
