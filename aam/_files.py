@@ -90,6 +90,10 @@ def check_output_folder(out: Path, kind: str, force: bool, inputs: dict[str, obj
         if relation is not None and not (continuing is not None and where == Path(continuing).resolve()):
             raise AamUserError(f"{flag} {out}: it {relation} the input {name} {value}; "
                                "write the output to a folder of its own")
+    existing = next((p for p in (where, *where.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise AamUserError(f"{flag} {out}: cannot write in {existing} (permission denied); choose a folder you can "
+                           "write to")
     if not out.is_dir() or not any(out.iterdir()):
         return False
     if continuing is not None and where == Path(continuing).resolve():

@@ -543,3 +543,14 @@ def test_accepted_objectives(tmp_path):
         space = load(tmp_path, base(objective={"metric": metric, "mode": mode}))
         assert (space.metric, space.mode) == (metric, mode)
     assert isinstance(load(tmp_path, base()), SearchSpace)
+
+
+def test_a_yaml_whose_aliases_expand_to_a_billion_nodes_is_refused_before_it_is_built(tmp_path):
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
+    file = tmp_path / "laughs.yaml"
+    file.write_text("\n".join(lines) + "\n")  # 9**9 = 387 million strings once expanded; 1 KB on disk
+    with pytest.raises(AamUserError, match="expands to more than 100,000 YAML nodes") as error:
+        load_space(file)
+    assert "\n" not in str(error.value) and str(file) in str(error.value)

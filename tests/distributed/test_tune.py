@@ -214,3 +214,13 @@ def test_an_experiment_is_marked_and_its_tune_state_signed(experiment):
     assert {"tuner.pkl"} | {p.name for p in experiment.glob("experiment_state-*.json")} <= set(signed)
     assert not list(experiment.glob("callback-states-*.pkl"))  # aam's callbacks leave Tune nothing to pickle
     verify_state(experiment)
+
+
+def test_a_storage_path_that_is_a_file_is_refused_before_ray_starts(example_dataset, tmp_path):
+    storage = tmp_path / "results.txt"
+    storage.write_text("not a folder")
+    result = CliRunner().invoke(app, ["tune", str(write_space(tmp_path)), "--data", str(example_dataset),
+                                      "--storage-path", str(storage), "--name", "x"])
+    assert isinstance(result.exception, AamUserError), result.output
+    assert f"storage_path {storage} is a file" in str(result.exception)
+    assert storage.read_text() == "not a folder"
