@@ -136,6 +136,8 @@ class ProgressPrinter(Callback):
         if self._loaded or not trials:
             return
         self._loaded = True
+        if self.best is not None or any(self.counts.values()):
+            return  # this driver has its own tally already: never replace it by an older one
         self.experiment = Path(trials[0].storage.experiment_fs_path)
         try:
             saved = json.loads((self.experiment / PROGRESS_FILE).read_text())

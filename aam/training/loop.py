@@ -207,13 +207,13 @@ def _fit(cfg: RunConfig, static: StaticData, session: Session, workdir: Path) ->
                         outputs["sample_embedding"], batch["unifrac_row"], cfg.batch_size
                     )
                 loss, parts = total_loss(outputs, batch, cfg, unifrac, gathered)
+            finite.step(loss, steps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            finite.step(loss, steps)
             steps += 1
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             for name, value in parts.items():
