@@ -30,7 +30,7 @@ def _predictions(folder: Path, split: str) -> pd.DataFrame:
 def test_writes_a_run_folder_with_the_model_runs_columns(rf_run, example_dataset):
     out = rf_run.out
     assert sorted(p.name for p in out.iterdir()) == [
-        "baseline.json", "metrics.json", "pred_vs_actual.png", "test_predictions.tsv", "val_predictions.tsv"]
+        ".aam-output", "baseline.json", "metrics.json", "pred_vs_actual.png", "test_predictions.tsv", "val_predictions.tsv"]
     dataset = Dataset.open(example_dataset)
     for split in ("val", "test"):
         frame = _predictions(out, split)

@@ -31,7 +31,7 @@ def test_tiny_conversion_reports_every_drop(tiny):
     assert manifest["categoricals"] == {"diet": ["SD", "WD"]}
     assert manifest["n_samples"] == 2 and manifest["token_width"] == 12 and manifest["unifrac"] is None
     assert manifest["sources"]["table"]["sha256"] and manifest["sources"]["sequences"] is None
-    assert sorted(p.name for p in out.iterdir()) == ["asvs.parquet", "manifest.json", "samples.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [".aam-output", "asvs.parquet", "manifest.json", "samples.parquet"]
 
     samples = pq.read_table(out / "samples.parquet").to_pylist()
     asvs = pq.read_table(out / "asvs.parquet")
