@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,11 @@ class RunConfig:
         for name, f in self.fields().items():
             value = getattr(self, name)
             meta = f.metadata
+            numbers = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                # NaN compares false with every bound, so it would pass them and surface as a NaN loss
+                raise AamUserError(f"{where}: {name}={value!r} is not a finite number; give a number such as "
+                                   f"{f.default if isinstance(f.default, float) else 0.5}")
             if meta["choices"] and value not in meta["choices"]:
                 raise AamUserError(f"{where}: {name}={value!r} is not one of {', '.join(meta['choices'])}")
             if meta["low"] is not None and value < meta["low"]:

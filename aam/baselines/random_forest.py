@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from aam._files import staged_folder
+from aam._files import check_output_folder, mark_output, staged_folder
 from aam.data.dataset import Dataset
 from aam.errors import AamUserError
 
@@ -61,7 +61,7 @@ def run_random_forest(
     out = Path(out)
     _check_args(n_estimators, n_jobs)
     max_features = parse_max_features(max_features)
-    _check_out(out, force)
+    _check_out(out, force, data)
     dataset = Dataset.open(data)
     names = _resolve_targets(dataset, targets)
     n_asvs = len(dataset.asvs)
@@ -211,11 +211,8 @@ def _sklearn_version() -> str:
     return sklearn.__version__
 
 
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise AamUserError(f"--out {out}: exists and is not a folder; pass a folder path")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise AamUserError(f"--out {out}: folder is not empty; choose a new folder or pass --force")
+def _check_out(out: Path, force: bool, data=None) -> None:
+    check_output_folder(out, "baseline", force, {"--data": data})
 
 
 def _write(out, force, names, sample_ids, actual, predicted, metrics, info) -> None:
@@ -224,6 +221,7 @@ def _write(out, force, names, sample_ids, actual, predicted, metrics, info) -> N
 
     _check_out(out, force)  # again: the folder may have appeared while the forest grew
     with staged_folder(out) as tmp:
+        mark_output(tmp, "baseline")
         for split in EVAL_SPLITS:
             frame = artifacts.predictions_frame(sample_ids[split], names, predicted[split], actual[split], None)
             artifacts.write_tsv(frame, tmp / f"{split}_predictions.tsv")

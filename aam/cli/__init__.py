@@ -13,6 +13,9 @@ from aam.cli import baseline, convert, ensemble, export, predict, report, runs, 
 
 def main() -> None:
     """Entry point: a user mistake is one line on stderr and exit code 2, never a traceback."""
+    from aam._files import exit_on_sigterm
+
+    exit_on_sigterm()  # a terminated command still removes its work folders and restores what it set aside
     try:
         code = app(standalone_mode=False)
     except AamUserError as e:

@@ -25,7 +25,7 @@ def random_forest(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the forest (same seed, same predictions).")] = 0,
     n_jobs: Annotated[int, typer.Option("--n-jobs", help="CPU cores to grow trees on (-1: all).")] = 1,
     train_on_val: Annotated[bool, typer.Option("--train-on-val", help="Fit on train+val (val scores are then in-sample).")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out folder.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an --out folder that aam wrote as a baseline.")] = False,
 ):
     """Random Forest on relative abundances: one forest per target, fitted on the train split."""
     from aam.baselines import run_random_forest

@@ -46,7 +46,7 @@ def convert(
         Optional[str],
         typer.Option("--example", help="Convert a bundled example (mouse_age_mini); other flags override its files."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out folder.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an --out folder that aam wrote as a dataset.")] = False,
 ) -> None:
     """Convert a BIOM table and its metadata into a dataset folder for training."""
     from aam.data import convert_dataset

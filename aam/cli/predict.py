@@ -28,6 +28,13 @@ def predict(
         raise AamUserError(f"--out {out}: is a folder; give a file name such as predictions.tsv")
     if not out.parent.exists():
         raise AamUserError(f"--out {out}: folder {out.parent} does not exist")
+    for flag, given in (("--table", table), ("--metadata", metadata), ("--sequences", sequences)):
+        if given is not None and out.resolve() == given.resolve():
+            raise AamUserError(f"--out {out}: it is the input {flag}; write the predictions to a file of their own")
+    if out.name.endswith((".pt", ".sha256", ".json")) and out.resolve().parent == model.resolve():
+        raise AamUserError(f"--out {out}: would write over a file of the --model run; give a name such as predictions.tsv")
+    if not os.access(out.parent, os.W_OK):
+        raise AamUserError(f"--out {out}: folder {out.parent} is not writable; choose another folder")
     frame, notes = predict_table(model, table, sequences=sequences, batch_size=batch_size, metadata=metadata)
     for note in notes:
         print(f"note: {note}")

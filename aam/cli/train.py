@@ -1,12 +1,12 @@
 """`aam train`: one training run on Ray Train (1..N workers, CPU or GPU)."""
 
-import shutil
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 import yaml
 
+from aam._files import check_output_folder, mark_output, replacing_folder
 from aam.cli._app import app
 from aam.cli._config_options import with_config_options
 from aam.config import RunConfig
@@ -17,8 +17,17 @@ def load_run_file(path: Path) -> dict:
     """A run config as YAML or JSON (JSON is YAML): the same keys as the flags."""
     if not path.is_file():
         raise AamUserError(f"--config {path}: no such file")
+    from aam.distributed._space_validate import MAX_YAML_NODES, expanded_size
+
     try:
-        values = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and expanded_size(node) > MAX_YAML_NODES:
+            raise AamUserError(f"--config {path}: expands to more than {MAX_YAML_NODES:,} YAML nodes once its "
+                               "aliases (*name) are followed; a run config needs far fewer")
+        values = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise AamUserError(f"--config {path}: not a text file") from None
     except yaml.YAMLError as e:
         raise AamUserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(values, dict):
@@ -48,7 +57,7 @@ def train(
     best_of: Annotated[Optional[Path], typer.Option("--best-of", help="Retrain a searched config: STORAGE/NAME (its best trial) or STORAGE/NAME/TRIAL; flags override it.")] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Train this many seeds (seed, seed+1, ...) into OUT/seed_K and summarise them.")] = 1,
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster to use (default: RAY_ADDRESS, else an embedded local Ray).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Write into a run folder that already has files.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an --out run folder that aam wrote.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Also show Ray Train's start-up lines (resources, worker group, each worker's ip and pid).")] = False,
     categorical_help: Annotated[bool, typer.Option("--categorical-help", is_eager=True, callback=_categorical_help,
                                                    help="Print when to use which categorical fusion, and exit.")] = False,
@@ -86,18 +95,23 @@ def train(
         )
     if seeds > 1 and restore is not None:
         raise AamUserError("--seeds starts new runs; it cannot be combined with --resume-from")
-    _check_out(out, force, resume_from)
-    if seeds == 1:
-        results = {cfg.seed: run_training(cfg, out, restore=restore, address=address, verbose=verbose)}
-        _print_summary(out, results[cfg.seed])
-    else:
-        results = {}
-        for k in range(seeds):
-            seeded = cfg.replace(where, seed=cfg.seed + k)
-            results[seeded.seed] = run_training(seeded, out / f"seed_{seeded.seed}", address=address, verbose=verbose)
-            _print_summary(out / f"seed_{seeded.seed}", results[seeded.seed])
-    if trial is not None or seeds > 1:
-        _write_comparison(out, results, trial)
+    replace = check_output_folder(out, "run", force, {"--data": cfg.data, "--config": config, "--best-of": best_of,
+                                                      "--resume-from": resume_from,
+                                                      "pretrained_encoder": cfg.pretrained_encoder},
+                                  continuing=resume_from)
+    with replacing_folder(out, replace):
+        if seeds == 1:
+            results = {cfg.seed: run_training(cfg, out, restore=restore, address=address, verbose=verbose)}
+            _print_summary(out, results[cfg.seed])
+        else:
+            results = {}
+            for k in range(seeds):
+                seeded = cfg.replace(where, seed=cfg.seed + k)
+                results[seeded.seed] = run_training(seeded, out / f"seed_{seeded.seed}", address=address, verbose=verbose)
+                _print_summary(out / f"seed_{seeded.seed}", results[seeded.seed])
+        mark_output(out, "run")  # a --seeds folder holds runs: one more run to --force over
+        if trial is not None or seeds > 1:
+            _write_comparison(out, results, trial)
 
 
 def _load_resume_state(run_dir: Path) -> dict:
@@ -138,16 +152,6 @@ def newest_checkpoint(run_dir: Path) -> Path:
         return epoch, (folder / STATE_FILE).stat().st_mtime
 
     return max(found, key=progress)
-
-
-def _check_out(out: Path, force: bool, resume_from: Optional[Path]) -> None:
-    if out.exists() and not out.is_dir():
-        raise AamUserError(f"--out {out}: exists and is not a folder")
-    same_as_resume = resume_from is not None and out.resolve() == resume_from.resolve()
-    if out.is_dir() and any(out.iterdir()) and not (force or same_as_resume):
-        raise AamUserError(f"--out {out}: folder is not empty; choose a new folder or pass --force")
-    if force and out.is_dir() and not same_as_resume:
-        shutil.rmtree(out)
 
 
 def _print_summary(out: Path, metrics: dict) -> None:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 import aam
-from aam._files import staged_folder
+from aam._files import check_output_folder, mark_output, staged_folder
 from aam.data import _metadata, _split, _unifrac
 from aam.data._biom import TableData, read_table
 from aam.data.sequences import SEQUENCE_RULE, tokenize
@@ -127,11 +127,8 @@ def _examples(ids: Sequence[str], shown: int = 5) -> str:
     return ", ".join(ids[:shown]) + more
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise AamUserError(f"--out {out} is a file; pass a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise AamUserError(f"--out {out} already exists and is not empty; pass --force to replace it")
+def _check_out(out: Path, overwrite: bool, inputs: dict | None = None) -> None:
+    check_output_folder(out, "dataset", overwrite, inputs)
 
 
 def _check_args(targets, categoricals, split, rarefy, unifrac, tree, unifrac_metric, out, overwrite):
@@ -242,6 +239,8 @@ def convert_dataset(
     """Validate the inputs and write a dataset folder at `out`; see the module docstring."""
     out = Path(out)
     targets, categoricals = list(targets), list(categoricals)
+    _check_out(out, overwrite, {"--table": table, "--metadata": metadata, "--sequences": sequences,
+                                "--unifrac": unifrac, "--tree": tree})
     fractions = _check_args(targets, categoricals, split, rarefy, unifrac, tree, unifrac_metric, out, overwrite)
 
     td = read_table(table, sequences)
@@ -331,6 +330,7 @@ def _write(out: Path, overwrite: bool, manifest: dict, samples: pa.Table, asvs: 
     """Write into a hidden sibling folder, then rename: a failure leaves nothing at `out`."""
     _check_out(out, overwrite)
     with staged_folder(out) as tmp:
+        mark_output(tmp, "dataset")
         pq.write_table(samples, tmp / "samples.parquet", compression="zstd")
         pq.write_table(asvs, tmp / "asvs.parquet", compression="zstd")
         if unifrac is not None:

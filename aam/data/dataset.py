@@ -15,6 +15,21 @@ from aam.data._split import SPLITS
 from aam.errors import AamUserError
 
 SCHEMA_VERSIONS = (1,)
+MANIFEST_KEYS = ("targets", "categoricals", "token_width", "split")
+SAMPLE_COLUMNS = ("sample_id", "asv_idx", "counts", "split")
+
+
+def _read_parquet(file: Path, columns: tuple[str, ...]) -> pa.Table:
+    """A whole Parquet file, read now: a truncated file or a corrupt page is one line, not a traceback."""
+    try:
+        table = pq.read_table(file)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise AamUserError(f"{file}: not a readable Parquet file ({str(e).splitlines()[0][:160]}); it may be "
+                           "truncated or corrupt; re-run aam convert") from None
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise AamUserError(f"{file}: no column '{missing[0]}'; re-run aam convert")
+    return table
 
 
 @dataclass
@@ -51,7 +66,7 @@ class Dataset:
         try:
             manifest = json.loads(manifest_path.read_text())
             version = manifest["schema_version"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
             raise AamUserError(f"{manifest_path} is not a valid aam manifest; re-run aam convert") from None
         if version not in SCHEMA_VERSIONS:
             raise AamUserError(
@@ -62,12 +77,25 @@ class Dataset:
         missing = [f for f in files if not (path / f).is_file()]
         if missing:
             raise AamUserError(f"dataset {path} is incomplete (no {missing[0]}); re-run aam convert")
-        samples = pq.read_table(path / "samples.parquet")
-        asvs = pq.read_table(path / "asvs.parquet")
-        width = int(manifest["token_width"])
-        flat = asvs.column("tokens").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        tokens = np.asarray(flat, dtype=np.uint8).reshape(len(asvs), width)
-        unifrac = np.load(path / "unifrac.npy") if manifest.get("unifrac") else None
+        rerun = "re-run aam convert"
+        missing_keys = [k for k in MANIFEST_KEYS if k not in manifest]
+        if missing_keys:
+            raise AamUserError(f"{manifest_path} has no '{missing_keys[0]}' (is it cut short or edited?); {rerun}")
+        samples = _read_parquet(path / "samples.parquet", SAMPLE_COLUMNS)
+        asvs = _read_parquet(path / "asvs.parquet", ("tokens",))
+        try:
+            width = int(manifest["token_width"])
+            flat = asvs.column("tokens").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            tokens = np.asarray(flat, dtype=np.uint8).reshape(len(asvs), width)
+        except (TypeError, ValueError, pa.ArrowException) as e:
+            raise AamUserError(f"{path / 'asvs.parquet'}: its tokens do not fit the manifest's token_width "
+                               f"({str(e).splitlines()[0][:120]}); {rerun}") from None
+        unifrac = None
+        if manifest.get("unifrac"):
+            try:
+                unifrac = np.load(path / "unifrac.npy", allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
+                raise AamUserError(f"{path / 'unifrac.npy'}: not a readable matrix ({str(e)[:120]}); {rerun}") from None
         return cls(path=path, manifest=manifest, samples=samples, asvs=asvs, tokens=tokens, unifrac=unifrac)
 
     def split(self, name: str) -> pa.Table:

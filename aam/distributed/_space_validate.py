@@ -73,6 +73,35 @@ for _first in list("-+0123456789."):
     _StrictLoader.yaml_implicit_resolvers.setdefault(_first, []).insert(0, ("tag:yaml.org,2002:float", _FLOAT))
 
 
+MAX_YAML_CHARS = 1 << 20
+MAX_YAML_NODES = 100_000  # after alias expansion: a "billion laughs" document is refused before it is built
+
+
+def expanded_size(node, limit: int = MAX_YAML_NODES) -> int:
+    """Nodes of a composed YAML document with every alias followed, counted without expanding it
+    (each distinct node's size is computed once); stops counting past `limit`."""
+    sizes: dict[int, int] = {}
+
+    def size(n, depth=0) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if depth > 200:  # deeper than any search space; also keeps recursion bounded
+            return limit + 1
+        sizes[id(n)] = 1  # a node that contains itself (a recursive alias) counts once
+        total = 1
+        if isinstance(n.value, list):
+            for item in n.value:
+                parts = item if isinstance(item, tuple) else (item,)
+                for part in parts:
+                    total += size(part, depth + 1)
+                    if total > limit:
+                        break
+        sizes[id(n)] = min(total, limit + 1)
+        return sizes[id(n)]
+
+    return size(node)
+
+
 def load_yaml(path: Path) -> Any:
     """Parse a YAML file, or raise one line naming the file (and the line of a syntax error)."""
     try:
@@ -83,8 +112,23 @@ def load_yaml(path: Path) -> Any:
         raise AamUserError(f"{path}: is a folder, not a search-space YAML file") from None
     except UnicodeDecodeError:
         raise AamUserError(f"{path}: not a text file") from None
+    if len(text) > MAX_YAML_CHARS:
+        raise AamUserError(f"{path}: {len(text):,} characters is too large for a search space "
+                           f"(limit {MAX_YAML_CHARS:,}); is it the right file?")
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        loader = _StrictLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            size = expanded_size(node)
+            if size > MAX_YAML_NODES:
+                raise AamUserError(f"{path}: expands to more than {MAX_YAML_NODES:,} YAML nodes once its aliases "
+                                   "(*name) are followed; a search space needs far fewer, so write it without "
+                                   "nested aliases")
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

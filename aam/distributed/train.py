@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 
+from aam._files import mark_output
 from aam.config import RunConfig
 from aam.distributed.cluster import quiet_ray_loggers, ray_runtime
 from aam.errors import AamRunFailed, AamUserError
@@ -131,6 +132,7 @@ def train(cfg: RunConfig, run_dir: Path, restore: dict | None = None, address: s
         print(f"warning: {warning}", flush=True)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    mark_output(run_dir, "run")
     with ray_runtime(address, cpus_needed=cfg.workers * cfg.cpus_per_worker) as ray:
         import ray.data
         import ray.train
@@ -188,6 +190,9 @@ def _one_line(error: Exception, cfg: RunConfig, run_dir: Path) -> Exception:
     """
     from ray.exceptions import RayActorError
 
+    user_error = _user_error_in(error)
+    if user_error is not None:
+        return user_error
     failures = dict(getattr(error, "worker_failures", None) or {})
     if not failures:
         failures = {None: getattr(error, "controller_failure", error)}

@@ -11,6 +11,8 @@ resumed search restarts unfinished trials from their last checkpoint.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,13 +31,16 @@ from aam.distributed.experiment import (
     recorded_trial_ids,
     unrecorded_trials,
 )
+from aam._files import mark_output
 from aam.distributed.space import SearchSpace
+from aam.distributed.state_signature import StateSigner, sign_state, verify_state
 from aam.errors import AamUserError
 from aam.training.loop import Session, StaticData, checkpoint_resume_state, fit
 from aam.training.prepare import load_static, refit_transform
 
 SPACE_FILE = "aam-space.yaml"  # the resolved space, beside Tune's own files
 UNRECORDED_DIR = "unrecorded"  # trial folders a killed driver started but Tune never recorded
+PROGRESS_FILE = "aam-progress.json"  # the progress printer's best and tally, for a resumed search
 
 
 class TuneSession(Session):
@@ -119,23 +124,46 @@ def _fit_nested(cfg: RunConfig, static: StaticData, train_rows: pa.Table, space_
 class ProgressPrinter(Callback):
     """One line per event: a trial's epoch, its end (finished / stopped early / failed), the best so far."""
 
-    def __init__(self, metric: str, mode: str, epochs: int):
+    def __init__(self, metric: str, mode: str, epochs: int, experiment: Path | None = None):
         self.metric, self.mode, self.epochs = metric, mode, epochs
         self.best: tuple[float, str] | None = None
         self.started = time.monotonic()
         self.counts = {"finished": 0, "stopped early": 0, "failed": 0}
+        self.experiment = experiment
+        self._loaded = False
+        self._saved: dict | None = None
 
     def setup(self, **info):
         # the clock of this driver: a resumed search's callback comes back as it was pickled when the
         # search began, and would count the time the search was not running
         self.started = time.monotonic()
 
-    def get_state(self) -> dict:
-        """Tune checkpoints this with the experiment, so a resumed search keeps its best and tally."""
-        return {"best": self.best, "counts": dict(self.counts)}
+    def on_step_begin(self, iteration, trials, **info):
+        """A resumed search keeps its best and tally: read back from the experiment folder as plain JSON
+        (Tune's own callback state would be one more pickle to trust; see state_signature)."""
+        if self._loaded or not trials:
+            return
+        self._loaded = True
+        if self.best is not None or any(self.counts.values()):
+            return  # this driver has its own tally already: never replace it by an older one
+        self.experiment = Path(trials[0].storage.experiment_fs_path)
+        try:
+            saved = json.loads((self.experiment / PROGRESS_FILE).read_text())
+            best = saved["best"]
+            self.best = (float(best[0]), str(best[1])) if best else None
+            self.counts.update({k: int(saved["counts"][k]) for k in self.counts})
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            pass  # a fresh search, or a folder from before this file: the tally starts again
 
-    def set_state(self, state: dict) -> None:
-        self.best, self.counts = state["best"], dict(state["counts"])
+    def get_state(self) -> None:
+        """Called by Tune at each snapshot: write the best and tally beside it; nothing to pickle."""
+        state = {"best": list(self.best) if self.best else None, "counts": dict(self.counts)}
+        if self.experiment is not None and state != self._saved and Path(self.experiment).is_dir():
+            staged = Path(self.experiment) / f".{PROGRESS_FILE}.tmp"
+            staged.write_text(json.dumps(state) + "\n")
+            staged.replace(Path(self.experiment) / PROGRESS_FILE)
+            self._saved = state
+        return None
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if _local(trial.path):
@@ -234,9 +262,11 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
             f"gpus_per_worker: 0); these trials nest a TorchTrainer ({probe.workers} workers, "
             f"{probe.gpus_per_worker} GPUs each), whose placement groups leak without the dashboard; drop --no-dashboard"
         )
+    experiment = _experiment_path(space)
+    if not resume:
+        _check_new_experiment(experiment, space)
     static, train_rows = load_static(probe)
     _check_choices_fit_dataset(space, static)
-    experiment = _experiment_path(space)
     if resume:
         print(f"resuming {experiment}", flush=True)
         if isinstance(experiment, Path):
@@ -249,6 +279,7 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
             )
         else:
             _write_space(space, experiment)
+            local = experiment if isinstance(experiment, Path) else None
             tuner = ray.tune.Tuner(
                 trainable,
                 tune_config=space.make_tune_config(
@@ -262,7 +293,8 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
                     verbose=0,
                     # trial folders get config.json: sync it with each checkpoint
                     sync_config=ray.tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True),
-                    callbacks=[ProgressPrinter(space.metric, space.mode, probe.epochs)],
+                    callbacks=[ProgressPrinter(space.metric, space.mode, probe.epochs, local),
+                               *([StateSigner(experiment)] if local else [])],
                     # a trial whose worker, actor or node died starts again from its last checkpoint
                     failure_config=ray.tune.FailureConfig(max_failures=space.max_failures),
                     # The newest keep_checkpoints checkpoints. Each holds the trial's best model so far
@@ -271,6 +303,8 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
                     checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=space.keep_checkpoints),
                 ),
             )
+            if local is not None:
+                sign_state(experiment, experiment, ["tuner.pkl"])  # written by the Tuner just now
         tuner.fit()
     return experiment
 
@@ -278,6 +312,7 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
 def _mend_killed_experiment(experiment: Path) -> None:
     """Undo what a killed driver left half-done, before Tune reads the experiment to resume it."""
     _set_aside_cut_short_state(experiment)
+    verify_state(experiment)  # before anything of it is unpickled, here or by Tuner.restore
     recorded = recorded_trial_ids(experiment)
     if recorded is not None:
         _set_aside_unrecorded(experiment, recorded)
@@ -359,6 +394,7 @@ def _reconcile_search_state(experiment: Path, recorded: set[str]) -> None:
     staged = snapshots[-1].with_name(f".{snapshots[-1].name}.tmp")
     staged.write_bytes(cloudpickle.dumps(state))
     staged.replace(snapshots[-1])
+    sign_state(experiment, experiment, [snapshots[-1].name])
 
 
 def _trial_name(trial) -> str:
@@ -376,10 +412,30 @@ def _experiment_path(space: SearchSpace) -> Path | str:
     return _storage_join(space.storage_path, space.name)
 
 
+def _check_new_experiment(experiment: Path | str, space: SearchSpace) -> None:
+    """A new search never writes into an existing experiment (its trials and space would mix), nor
+    where the storage path cannot hold one; checked before Ray starts."""
+    if not isinstance(experiment, Path):
+        return
+    storage = experiment.parent
+    for folder in (storage, experiment):
+        if folder.exists() and not folder.is_dir():
+            raise AamUserError(f"{space.source}: storage_path {folder} is a file, not a folder; "
+                               "pass --storage-path FOLDER")
+    if experiment.is_dir() and any(experiment.iterdir()):
+        raise AamUserError(f"{space.source}: experiment {experiment} already exists; continue it with "
+                           f"`aam tune --resume {experiment}`, or pass another --name")
+    existing = next((p for p in (storage, *storage.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise AamUserError(f"{space.source}: storage_path {storage}: cannot write in {existing}; "
+                           "pass a --storage-path you can write to")
+
+
 def _write_space(space: SearchSpace, experiment) -> None:
     text = yaml.safe_dump(space.to_dict(), sort_keys=False)
     if isinstance(experiment, Path):
         experiment.mkdir(parents=True, exist_ok=True)
+        mark_output(experiment, "experiment")
         (experiment / SPACE_FILE).write_text(text)
     else:
         import pyarrow.fs

@@ -2,7 +2,11 @@
 
 `model.pt` carries everything needed to rebuild and use the model with nothing else: the run
 config, the weights, the target transform, the target names, categorical vocabularies, the
-token width and the metrics it scored. `state.pt` carries what resuming needs on top
+token width and the metrics it scored.
+
+Both hold only tensors and plain data (dicts, lists, str, numbers), so they load with
+`torch.load(weights_only=True)`: a received file can never run code. Each has a `NAME.sha256`
+beside it, checked on every load (aam._files). `state.pt` carries what resuming needs on top
 (current weights, optimizer, scheduler, epoch, best-so-far).
 """
 
@@ -16,6 +20,7 @@ import torch
 import aam
 from aam.config import RunConfig
 from aam.data.transforms import TargetTransform
+from aam._files import load_torch
 from aam.errors import AamUserError
 
 MODEL_FILE = "model.pt"
@@ -64,10 +69,7 @@ def find_model_file(path: str | Path) -> Path:
 
 def read_payload(path: str | Path) -> dict:
     file = find_model_file(path)
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file is the user's to fix
-        raise AamUserError(f"{file}: not a readable aam model ({type(e).__name__}: {e})") from None
+    payload = load_torch(file, "aam model")
     if not isinstance(payload, dict) or payload.get("format") != "aam-model/1":
         raise AamUserError(f"{file}: not an aam model file (no 'aam-model/1' format tag)")
     return payload

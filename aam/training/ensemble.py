@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from aam._files import checksum_file, mark_output
 from aam.errors import AamUserError
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -131,14 +132,17 @@ def write_ensemble(out: Path, members: list[Member], selection: Selection, targe
         if member.kind == "model":
             dest = out / "members" / str(k)
             dest.mkdir(parents=True)
-            shutil.copy2(Path(member.source) / "model.pt" if Path(member.source).is_dir() else member.source,
-                         dest / "model.pt")
+            source = Path(member.source) / "model.pt" if Path(member.source).is_dir() else Path(member.source)
+            for path in (source, checksum_file(source)):
+                if path.is_file():  # the checksum goes with it, so the copy is checked as the original was
+                    shutil.copy2(path, dest / path.name)
             entry["model"] = f"members/{k}/model.pt"
         listed.append(entry)
     info = {"format": FORMAT, "targets": targets, "data": data, "selected_on": "val_mae", "rounds": rounds,
             "val_curve": selection.val_curve, "candidates": [m.name for m in members],
             "includes_forest": includes_forest, "members": listed}
     metrics["includes_forest"] = includes_forest
+    mark_output(out, "ensemble")
     (out / ENSEMBLE_FILE).write_text(json.dumps(info, indent=1))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics

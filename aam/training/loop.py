@@ -10,12 +10,10 @@ At the end the best epoch's weights predict the test split, which is never used 
 
 from __future__ import annotations
 
-import atexit
 import json
 import math
 import shutil
 import sys
-import tempfile
 import time
 import contextlib
 import dataclasses
@@ -27,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from aam._files import load_torch, remove_work_folder, save_torch, work_folder
 from aam.config import RunConfig
 from aam.data.collate import BatchSpec, category_codes, collate, move_to, raw_targets
 from aam.data.transforms import TargetTransform
@@ -117,9 +116,7 @@ class Session:
             if self.last_checkpoint is None:
                 # a folder of its own, made only when a checkpoint is kept, and removed when the
                 # process ends: the caller reads it after `fit` returns, never after exit
-                keep = tempfile.mkdtemp(prefix="aam-ckpt-")
-                atexit.register(shutil.rmtree, keep, ignore_errors=True)
-                self.last_checkpoint = Path(keep) / "latest"
+                self.last_checkpoint = work_folder("aam-ckpt-") / "latest"
             dest = self.last_checkpoint
             if dest.exists():
                 shutil.rmtree(dest)
@@ -155,6 +152,16 @@ class _Best:
 
 def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
     """Train per `cfg`; returns the final metrics (rank 0; other ranks return {})."""
+    # the run's files are built in a work folder and reported from there; it goes when the run
+    # ends, however it ends (the session keeps its own copy of what it reported)
+    workdir = work_folder("aam-run-")
+    try:
+        return _fit(cfg, static, session, workdir)
+    finally:
+        remove_work_folder(workdir)
+
+
+def _fit(cfg: RunConfig, static: StaticData, session: Session, workdir: Path) -> dict:
     from aam.models import AAM
 
     torch.manual_seed(cfg.seed)
@@ -186,7 +193,6 @@ def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
     unifrac = torch.tensor(static.unifrac, device=device) if static.unifrac is not None else None
     masking = torch.Generator().manual_seed(cfg.seed * 7919 + session.rank)
 
-    workdir = Path(tempfile.mkdtemp(prefix="aam-run-"))
     best, history, start_epoch = _Best(), [], 0
     state = session.restore_state()
     if state is not None:
@@ -205,6 +211,7 @@ def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
         model.train()
         sums: dict[str, float] = {}
         steps = 0
+        finite = FiniteLossCheck(epoch + 1)
         for rows in session.train_batches(epoch, cfg.batch_size):
             if rows.num_rows < 2:  # a lone last sample: BatchNorm needs two (shards are equal, so all ranks skip)
                 continue
@@ -217,6 +224,7 @@ def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
                         outputs["sample_embedding"], batch["unifrac_row"], cfg.batch_size
                     )
                 loss, parts = total_loss(outputs, batch, cfg, unifrac, gathered)
+            finite.step(loss, steps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -229,6 +237,7 @@ def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             for name, value in parts.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
+        finite.check()
         metrics = {"epoch": epoch + 1, **group_lrs(optimizer)}
         metrics.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
 
@@ -241,7 +250,7 @@ def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
             # a final fit on train+val has nothing held out to select by: the last epoch is kept
             if score < best.score or best.epoch < 0 or cfg.train_on_val:
                 best.epoch, best.score = epoch + 1, score
-                torch.save(
+                save_torch(
                     model_payload(evaluated, cfg, static.transform, static.targets, static.categoricals,
                                   static.token_width, metrics, best.epoch),
                     workdir / MODEL_FILE,
@@ -258,7 +267,7 @@ def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
             history.append(metrics)
             _log_epoch(writer, metrics, cfg.epochs, session.verbose)
             (workdir / "metrics.json").write_text(json.dumps({"history": history, "best_epoch": best.epoch}, indent=1))
-            torch.save(
+            save_torch(
                 {
                     "epoch": epoch + 1,
                     "model": core.state_dict(),
@@ -297,6 +306,43 @@ def weight_average(model: torch.nn.Module, cfg: RunConfig):
     # buffers are copied, not averaged: BatchNorm's statistics are re-estimated for the averaged
     # weights before every evaluation (recalibrate_batchnorm), and index buffers are integers
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
+
+
+class NonFiniteLoss(AamUserError):
+    """Training diverged: the loss became NaN or infinite (the run stops; its last checkpoint stays)."""
+
+
+class FiniteLossCheck:
+    """Stops training on the first NaN/infinite loss without a host sync per step.
+
+    `step` records, on the device, the first step whose loss was not finite; the record is read
+    back every `every` steps and at the epoch's end (`check`), so at most that many steps run
+    on after the loss went bad, and no checkpoint is written from them.
+    """
+
+    def __init__(self, epoch: int, every: int = 64):
+        self.epoch, self.every = epoch, every
+        self.first_bad: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def step(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach()
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        bad = ~torch.isfinite(loss) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step + 1), self.first_bad)
+        if (step + 1) % self.every == 0:
+            self.check()
+
+    def check(self) -> None:
+        if self.first_bad is None:
+            return
+        step = int(self.first_bad)
+        if step > 0:
+            raise NonFiniteLoss(
+                f"training stopped: the loss became NaN or infinite at epoch {self.epoch}, step {step}; the last "
+                "good checkpoint is kept; try a lower --lr, gradient clipping (--grad-clip 1.0), or --precision fp32"
+            )
 
 
 @torch.no_grad()
@@ -427,7 +473,7 @@ def evaluate(model, rows: pa.Table, spec: BatchSpec, cfg: RunConfig | None, unif
 
 def _finish(workdir, core, static, spec, cfg, unifrac, device, writer, best) -> dict:
     """Score the best epoch's weights on the test split; write its predictions and figures."""
-    payload = torch.load(workdir / MODEL_FILE, map_location="cpu", weights_only=False)
+    payload = load_torch(workdir / MODEL_FILE, "aam model")
     current = {k: v.clone() for k, v in core.state_dict().items()}
     core.load_state_dict(payload["state_dict"])
     test = evaluate(core, static.eval_rows["test"], spec, cfg, unifrac, device)
@@ -441,7 +487,7 @@ def _finish(workdir, core, static, spec, cfg, unifrac, device, writer, best) -> 
         if writer is not None:
             writer.add_figure("test/predicted_vs_actual", fig, global_step=best.epoch)
     payload["metrics"] = {**payload["metrics"], **out}
-    torch.save(payload, workdir / MODEL_FILE)
+    save_torch(payload, workdir / MODEL_FILE)
     return out
 
 
@@ -486,7 +532,7 @@ def pack_files(folder: Path) -> dict[str, bytes]:
 
 def resume_state(folder: Path) -> dict:
     """What `fit` needs to continue a run from its checkpoint or run folder."""
-    state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+    state = load_torch(Path(folder) / STATE_FILE, "aam training state")
     state["workdir_files"] = pack_files(Path(folder))
     return state
 

@@ -30,7 +30,7 @@ def _predictions(folder: Path, split: str) -> pd.DataFrame:
 def test_writes_a_run_folder_with_the_model_runs_columns(rf_run, example_dataset):
     out = rf_run.out
     assert sorted(p.name for p in out.iterdir()) == [
-        "baseline.json", "metrics.json", "pred_vs_actual.png", "test_predictions.tsv", "val_predictions.tsv"]
+        ".aam-output", "baseline.json", "metrics.json", "pred_vs_actual.png", "test_predictions.tsv", "val_predictions.tsv"]
     dataset = Dataset.open(example_dataset)
     for split in ("val", "test"):
         frame = _predictions(out, split)
@@ -180,15 +180,20 @@ def test_a_folder_that_is_no_dataset_is_a_user_error(tmp_path, data, message):
     assert not (tmp_path / "rf").exists()
 
 
-def test_an_existing_out_folder_is_kept_unless_force(example_dataset, tmp_path):
+def test_an_existing_out_folder_is_kept_unless_force_and_only_an_aam_baseline_is_replaced(example_dataset, tmp_path):
     out = tmp_path / "rf"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
     with pytest.raises(AamUserError, match="not empty.*--force"):
         run_random_forest(example_dataset, out, n_estimators=5)
-    assert (out / "mine.txt").read_text() == "keep"
-    run_random_forest(example_dataset, out, n_estimators=5, force=True)
-    assert not (out / "mine.txt").exists() and (out / "metrics.json").is_file()
+    with pytest.raises(AamUserError, match="replaces only a baseline folder that aam wrote"):
+        run_random_forest(example_dataset, out, n_estimators=5, force=True)
+    assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "keep"
+    (out / "mine.txt").unlink()
+    run_random_forest(example_dataset, out, n_estimators=5)
+    first = (out / "metrics.json").read_text()
+    run_random_forest(example_dataset, out, n_estimators=5, seed=1, force=True)
+    assert (out / ".aam-output").read_text().strip() == "baseline" and (out / "metrics.json").read_text() != first
     assert [p.name for p in tmp_path.iterdir()] == ["rf"]  # neither the temp nor the old folder is left
 
 

@@ -113,3 +113,108 @@ def test_categorical_help_names_every_fusion_without_needing_other_flags():
     for fusion in ("off", "concat", "add", "gmu", "cross-attention", "perceiver"):
         assert f"\n  {fusion} " in result.stdout
     assert "--moe-router" in result.stdout and "zscore-category" in result.stdout
+
+
+# --- reliability: received files, user data, corrupt inputs -----------------------------------
+class RunsCode:
+    """Unpickling it creates a marker file, as a payload calling os.system would run a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def folder_hash(folder: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for p in sorted(Path(folder).rglob("*")):
+        digest.update(str(p.relative_to(folder)).encode() + (p.read_bytes() if p.is_file() else b""))
+    return digest.hexdigest()
+
+
+def one_line_exit_2(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["predict", "resume"])
+def test_a_received_model_or_state_file_never_runs_its_code(example_dataset, tmp_path, command):
+    import torch
+
+    marker = tmp_path / "code-ran"
+    run = tmp_path / "received"
+    run.mkdir()
+    name = "model.pt" if command == "predict" else "state.pt"
+    torch.save({"format": "aam-model/1", "config": RunsCode(marker)}, run / name)
+    if command == "predict":
+        result = aam("predict", "--model", run, "--table", path("mouse_age_mini") / "feature-table.biom",
+                     "--out", tmp_path / "p.tsv")
+    else:
+        result = aam("train", "--resume-from", run, "--out", tmp_path / "run")
+    line = one_line_exit_2(result)
+    assert str(run / name) in line and "could run code" in line
+    assert not marker.exists() and not (tmp_path / "run").exists() and not (tmp_path / "p.tsv").exists()
+
+
+def test_force_on_a_folder_aam_did_not_write_or_on_the_input_is_refused_untouched(example_dataset, tmp_path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.txt").write_text("years of work")
+    cases = [
+        (["train", "--data", example_dataset, "--out", notes, "--force"], notes, "aam did not write it"),
+        (["train", "--data", example_dataset, "--out", notes, "--force", "--lr", "2"], notes, "lr=2.0 is above"),
+        (["train", "--data", example_dataset, "--out", example_dataset, "--force"], example_dataset,
+         "is the input --data"),
+        (["convert", "--example", "mouse_age_mini", "--target", "Age_wk", "--out", notes, "--force"], notes,
+         "replaces only a dataset folder"),
+        (["baseline", "rf", "--data", example_dataset, "--out", example_dataset.parent, "--force"],
+         example_dataset.parent, "contains the input --data"),
+    ]
+    for args, folder, message in cases:
+        before = folder_hash(folder)
+        line = one_line_exit_2(aam(*args))
+        assert message in line, (args, line)
+        assert folder_hash(folder) == before, args
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate-samples", "samples.parquet: not a readable Parquet file"),
+    ("manifest-key", "manifest.json has no 'token_width'"),
+    ("manifest-json", "is not a valid aam manifest"),
+    ("lr-nan", "lr=nan is not a finite number"),
+])
+def test_damaged_inputs_are_one_line_before_ray_starts(example_dataset, tmp_path, damage, message):
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(example_dataset, data)
+    args = []
+    if damage == "truncate-samples":
+        file = data / "samples.parquet"
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    elif damage == "manifest-key":
+        manifest = json.loads((data / "manifest.json").read_text())
+        del manifest["token_width"]
+        (data / "manifest.json").write_text(json.dumps(manifest))
+    elif damage == "manifest-json":
+        (data / "manifest.json").write_text("{not json")
+    else:
+        args = ["--lr", "nan"]
+    line = one_line_exit_2(aam("train", "--data", data, "--out", tmp_path / "run", *args))
+    assert message in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_predict_never_writes_over_its_own_input_table(tmp_path):
+    import shutil
+
+    table = tmp_path / "table.biom"
+    shutil.copy(path("mouse_age_mini") / "feature-table.biom", table)
+    before = table.read_bytes()
+    line = one_line_exit_2(aam("predict", "--model", tmp_path, "--table", table, "--out", table))
+    assert "is the input --table" in line and table.read_bytes() == before

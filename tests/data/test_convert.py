@@ -31,7 +31,7 @@ def test_tiny_conversion_reports_every_drop(tiny):
     assert manifest["categoricals"] == {"diet": ["SD", "WD"]}
     assert manifest["n_samples"] == 2 and manifest["token_width"] == 12 and manifest["unifrac"] is None
     assert manifest["sources"]["table"]["sha256"] and manifest["sources"]["sequences"] is None
-    assert sorted(p.name for p in out.iterdir()) == ["asvs.parquet", "manifest.json", "samples.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [".aam-output", "asvs.parquet", "manifest.json", "samples.parquet"]
 
     samples = pq.read_table(out / "samples.parquet").to_pylist()
     asvs = pq.read_table(out / "asvs.parquet")
@@ -114,11 +114,16 @@ def test_refuses_to_overwrite_unless_asked(tiny, tmp_path):
     out = tmp_path / "ds"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(AamUserError, match="already exists and is not empty; pass --force"):
+    with pytest.raises(AamUserError, match="folder is not empty; choose a new folder or pass --force"):
         convert_dataset(tiny["table"], tiny["metadata"], out, ["age"])
-    assert (out / "keep.txt").exists()
+    with pytest.raises(AamUserError, match="replaces only a dataset folder that aam wrote"):
+        convert_dataset(tiny["table"], tiny["metadata"], out, ["age"], overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    convert_dataset(tiny["table"], tiny["metadata"], out, ["age"])
+    (out / "manifest.json").write_text("{}")  # an aam dataset, replaced on request
     convert_dataset(tiny["table"], tiny["metadata"], out, ["age"], overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    assert (out / "manifest.json").read_text() != "{}"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

@@ -561,3 +561,14 @@ def test_max_failures_defaults_to_two_and_reaches_every_trials_config(tmp_path):
     assert "max_failures" not in none.to_dict()["tune"]["resources"]  # one place says it
     assert none.trial_config({"lr": 1e-3}).max_failures == 0  # a nested TorchTrainer retries as often
     assert SearchSpace.from_dict(none.to_dict(), where="again").max_failures == 0
+
+
+def test_a_yaml_whose_aliases_expand_to_a_billion_nodes_is_refused_before_it_is_built(tmp_path):
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
+    file = tmp_path / "laughs.yaml"
+    file.write_text("\n".join(lines) + "\n")  # 9**9 = 387 million strings once expanded; 1 KB on disk
+    with pytest.raises(AamUserError, match="expands to more than 100,000 YAML nodes") as error:
+        load_space(file)
+    assert "\n" not in str(error.value) and str(file) in str(error.value)

@@ -9,6 +9,9 @@ from typer.testing import CliRunner
 
 from aam.cli import app
 from aam.distributed.experiment import read_experiment, resolve_trial
+from aam.distributed.space import load_space
+from aam.distributed.state_signature import sign_state
+from aam.distributed.tune import run_search
 from aam.errors import AamUserError
 from aam.training.checkpoint import load_model
 
@@ -156,6 +159,7 @@ def test_resume_reconciles_a_search_generator_that_counted_an_unrecorded_trial(e
     state["counter"] = 5
     state["name:ConcurrencyLimiter"]["live_trials"] = {"neverrecorded"}
     snapshot.write_bytes(cloudpickle.dumps(state))
+    sign_state(copy, copy, [snapshot.name])  # aam signed both versions when Tune saved them
 
     result = CliRunner().invoke(app, ["tune", "--resume", str(copy)])
     assert result.exit_code == 0, result.output
@@ -163,3 +167,41 @@ def test_resume_reconciles_a_search_generator_that_counted_an_unrecorded_trial(e
     assert len(resumed.trials) == 6, [t.trial_id for t in resumed.trials]  # no seventh trial sampled
     fixed = cloudpickle.loads(sorted(copy.glob("search_gen_state-*.json"))[-1].read_bytes())
     assert fixed["counter"] == 6 and "neverrecorded" not in fixed["name:ConcurrencyLimiter"]["live_trials"]
+
+
+def test_a_second_search_under_an_existing_name_is_refused_with_a_pointer_to_resume(experiment, tmp_path):
+    import hashlib
+
+    def folder_hash(folder):
+        digest = hashlib.sha256()
+        for path in sorted(folder.rglob("*")):
+            digest.update(str(path).encode() + (path.read_bytes() if path.is_file() else b""))
+        return digest.hexdigest()
+
+    before = folder_hash(experiment)
+    result = CliRunner().invoke(app, ["tune", str(write_space(tmp_path)), "--storage-path", str(experiment.parent),
+                                      "--name", experiment.name, "--data", read_experiment(experiment).trials[0]
+                                      .config["data"]])
+    assert isinstance(result.exception, AamUserError), result.output
+    assert f"aam tune --resume {experiment}" in str(result.exception)
+    assert folder_hash(experiment) == before
+
+
+def test_an_experiment_is_marked_and_its_tune_state_signed(experiment):
+    from aam.distributed.state_signature import SIGNATURE_FILE, verify_state
+
+    assert (experiment / ".aam-output").read_text().strip() == "experiment"
+    signed = json.loads((experiment / SIGNATURE_FILE).read_text())["files"]
+    assert {"tuner.pkl"} | {p.name for p in experiment.glob("experiment_state-*.json")} <= set(signed)
+    assert not list(experiment.glob("callback-states-*.pkl"))  # aam's callbacks leave Tune nothing to pickle
+    verify_state(experiment)
+
+
+def test_a_storage_path_that_is_a_file_is_refused_before_ray_starts(example_dataset, tmp_path):
+    storage = tmp_path / "results.txt"
+    storage.write_text("not a folder")
+    result = CliRunner().invoke(app, ["tune", str(write_space(tmp_path)), "--data", str(example_dataset),
+                                      "--storage-path", str(storage), "--name", "x"])
+    assert isinstance(result.exception, AamUserError), result.output
+    assert f"storage_path {storage} is a file" in str(result.exception)
+    assert storage.read_text() == "not a folder"

@@ -192,3 +192,22 @@ def test_a_session_keeps_one_checkpoint_folder_and_removes_it_at_exit(tmp_path):
     assert len(listing) == 1 and listing[0].startswith("aam-ckpt-") and content == "weights"
     assert kept.startswith(str(scratch))
     assert list(scratch.iterdir()) == []  # gone once the process ended
+
+
+def test_a_loss_that_becomes_nan_stops_training_in_one_line_without_a_checkpoint(example_dataset):
+    from aam.training.loop import NonFiniteLoss
+
+    import pyarrow as pa
+
+    cfg = tiny_cfg(example_dataset, epochs=3)
+    static, rows = load_static(cfg)
+    # one training sample whose target is infinite (a unit mix-up, a 1/0 in a spreadsheet)
+    column = rows.column("target.Age_wk").to_numpy(zero_copy_only=False).astype("float32")
+    column[len(column) // 2] = float("inf")
+    rows = rows.set_column(rows.column_names.index("target.Age_wk"), "target.Age_wk", pa.array(column))
+    session = Session(rows, cfg.seed, verbose=False)
+    with pytest.raises(NonFiniteLoss) as error:
+        fit(cfg, static, session)
+    message = str(error.value)
+    assert "\n" not in message and "NaN or infinite at epoch 1, step " in message and "lower --lr" in message
+    assert session.reports == [] and session.last_checkpoint is None  # nothing trained on NaN was kept

@@ -1,0 +1,156 @@
+"""Signatures over the Ray Tune state files of aam's searches, so `--resume` unpickles only what
+this user's aam wrote.
+
+Tune keeps a search's state as pickles (tuner.pkl, experiment_state-*.json with pickled fields,
+the searcher and search-generator snapshots, callback states) and `Tuner.restore` unpickles them:
+an experiment folder someone handed over could run code. aam signs every version of those files
+with an HMAC-SHA256 under a per-user key (`$XDG_CONFIG_HOME/aam/state-key`, default
+`~/.config/aam/state-key`, created 0600), and `--resume` verifies them before anything is
+unpickled.
+
+When the signing happens: Tune writes a snapshot into a local staging folder (`save_to_dir`),
+then copies it to the experiment folder in the background, file by file. `StateSigner.get_state`
+runs inside that save, after the experiment state and searcher files are written, so each
+version is signed before any copy of it can reach the experiment folder, and the signature log
+(`aam-state-signatures.json`, a few versions per file) is written straight into the experiment
+folder. A driver killed at any moment therefore leaves only signed versions behind. aam's own
+callbacks keep no Tune callback state (Tune would pickle it after the signing), so no
+callback-states file is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import stat
+import sys
+from pathlib import Path
+
+from ray.tune import Callback
+
+from aam.errors import AamUserError
+
+SIGNATURE_FILE = "aam-state-signatures.json"
+STATE_PATTERNS = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json",
+                  "callback-states-*.pkl")
+KEEP_VERSIONS = 16  # signatures kept per file name: versions still being copied while newer ones are signed
+
+
+def key_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "aam" / "state-key"
+
+
+def state_key() -> bytes:
+    """This user's signing key, created on first use (0600: only its owner can sign or read it)."""
+    path = key_file()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another aam made it just now
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise AamUserError(f"{path}: aam's signing key is readable or writable by other users (mode "
+                           f"{stat.S_IMODE(mode):o}); run `chmod 600 {path}`")
+    key = path.read_text().strip()
+    if len(key) < 32:
+        raise AamUserError(f"{path}: not an aam signing key (too short); remove it and aam makes a new one "
+                           "(experiments signed with the old key can then not be resumed)")
+    return key.encode()
+
+
+def _mac(key: bytes, name: str, data: bytes) -> str:
+    return hmac.new(key, name.encode() + b"\0" + data, hashlib.sha256).hexdigest()
+
+
+def state_files(folder: Path) -> list[Path]:
+    return sorted({p for pattern in STATE_PATTERNS for p in Path(folder).glob(pattern) if p.is_file()})
+
+
+def _read_log(experiment: Path) -> dict[str, list[str]]:
+    try:
+        data = json.loads((experiment / SIGNATURE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    return {k: list(v) for k, v in files.items() if isinstance(v, list)} if isinstance(files, dict) else {}
+
+
+def sign_state(source: Path, experiment: Path, names: list[str] | None = None) -> None:
+    """Add the signatures of the state files in `source` (a staging folder or the experiment
+    itself) to the experiment's signature log (written whole, then renamed: never half-written)."""
+    key = state_key()
+    files = state_files(source) if names is None else [Path(source) / n for n in names if (Path(source) / n).is_file()]
+    if not files:
+        return
+    log = _read_log(experiment)
+    changed = False
+    for path in files:
+        mac = _mac(key, path.name, path.read_bytes())
+        versions = log.setdefault(path.name, [])
+        if mac not in versions:
+            versions.append(mac)
+            del versions[:-KEEP_VERSIONS]
+            changed = True
+    if changed:
+        staged = experiment / f".{SIGNATURE_FILE}.tmp-{os.getpid()}"
+        staged.write_text(json.dumps({"files": log}, indent=0) + "\n")
+        staged.replace(experiment / SIGNATURE_FILE)
+
+
+def verify_state(experiment: Path) -> None:
+    """Before anything of `experiment` is unpickled: every Tune state file must carry this user's
+    signature; one line naming the first that does not."""
+    experiment = Path(experiment)
+    log = _read_log(experiment)
+    key = state_key()
+    for path in state_files(experiment):
+        if _mac(key, path.name, path.read_bytes()) not in log.get(path.name, ()):
+            why = ("has no signature from this user's aam (written by someone else, another account or an aam "
+                   "from before signing)") if path.name not in log else "was changed after aam wrote it"
+            raise AamUserError(
+                f"--resume {experiment}: {path.name} {why}; Tune would unpickle it, which can run code, so it is "
+                f"not loaded; resume only searches your own aam ran, or start the search again under a new --name "
+                f"(`aam runs {experiment}` still reads its trials without unpickling)"
+            )
+
+
+def _staging_of_save() -> Path | None:
+    """The folder Tune's `CallbackList.save_to_dir(checkpoint_dir)` is saving into, read off the
+    call stack (Ray 2.60: our get_state <- CallbackList.get_state <- CallbackList.save_to_dir)."""
+    frame = sys._getframe(1)
+    for _ in range(6):
+        if frame is None:
+            return None
+        folder = frame.f_locals.get("checkpoint_dir")
+        if isinstance(folder, (str, Path)) and frame.f_code.co_name == "save_to_dir":
+            return Path(folder)
+        frame = frame.f_back
+    return None
+
+
+class StateSigner(Callback):
+    """Signs each snapshot of the search's state as Tune saves it (see the module docstring)."""
+
+    def __init__(self, experiment: Path):
+        self.experiment = Path(experiment)
+        self.staging: Path | None = None
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.staging is None and trials:
+            self.staging = Path(trials[0].storage.experiment_driver_staging_path)
+            self.experiment = Path(trials[0].storage.experiment_fs_path)
+
+    def get_state(self):
+        staging = _staging_of_save() or self.staging
+        if staging is not None and Path(staging).is_dir():
+            sign_state(Path(staging), self.experiment)
+        return None  # nothing for Tune to pickle

@@ -1,0 +1,153 @@
+"""aam._files: output folders aam may replace, checksums, loading without running code, work folders."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aam._files import OUTPUT_MARKER, check_output_folder, load_torch, mark_output, replacing_folder, save_torch
+from aam.errors import AamUserError
+
+
+def folder_hash(folder: Path) -> str:
+    """Every file's path and bytes: equal before and after means nothing was touched."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        digest.update(str(path.relative_to(folder)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class RunsCode:
+    """A pickle that, when unpickled, creates a marker file (as `os.system(...)` would run a command)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def user_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("years of work")
+    return folder
+
+
+def test_force_never_replaces_a_folder_aam_did_not_mark(tmp_path):
+    folder = user_folder(tmp_path)
+    before = folder_hash(folder)
+    with pytest.raises(AamUserError, match="not empty; choose a new folder or pass --force"):
+        check_output_folder(folder, "run", force=False)
+    with pytest.raises(AamUserError, match="replaces only a run folder that aam wrote.*aam did not write it"):
+        check_output_folder(folder, "run", force=True)
+    mark_output(folder, "dataset")
+    with pytest.raises(AamUserError, match="aam wrote it as a dataset"):
+        check_output_folder(folder, "run", force=True)
+    (folder / OUTPUT_MARKER).unlink()
+    assert folder_hash(folder) == before
+
+
+def test_force_replaces_a_folder_aam_marked_as_the_same_kind(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    mark_output(folder, "run")
+    (folder / "model.pt").write_bytes(b"old")
+    assert check_output_folder(folder, "run", force=True) is True
+    assert check_output_folder(tmp_path / "new", "run", force=False) is False
+
+
+@pytest.mark.parametrize("out, relation", [("data", "is"), ("data/run", "is inside"), (".", "contains")])
+def test_an_output_that_is_inside_or_contains_an_input_is_refused(tmp_path, out, relation):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "samples.parquet").write_bytes(b"rows")
+    mark_output(data, "run")  # even a folder aam marked: it is this command's input
+    before = folder_hash(tmp_path)
+    with pytest.raises(AamUserError, match=f"it {relation} the input --data"):
+        check_output_folder(tmp_path / out, "run", force=True, inputs={"--data": str(data)})
+    assert folder_hash(tmp_path) == before
+
+
+def test_a_failed_replacement_puts_the_old_folder_back(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    mark_output(folder, "run")
+    (folder / "model.pt").write_bytes(b"old weights")
+    before = folder_hash(folder)
+    with pytest.raises(RuntimeError):
+        with replacing_folder(folder, replace=True) as out:
+            out.mkdir()
+            (out / "half.pt").write_bytes(b"half")
+            raise RuntimeError("training failed")
+    assert folder_hash(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_checkpoint_with_a_pickle_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "code-ran"
+    file = tmp_path / "model.pt"
+    torch.save({"format": "aam-model/1", "config": RunsCode(marker)}, file)
+    with pytest.raises(AamUserError) as error:
+        load_torch(file, "aam model")
+    assert not marker.exists()
+    message = str(error.value)
+    assert "\n" not in message and str(file) in message and "could run code" in message
+    torch.load(file, weights_only=False)  # the payload is real: an unrestricted load runs it
+    assert marker.exists()
+
+
+def test_a_corrupted_checkpoint_is_one_line_naming_it(tmp_path):
+    file = tmp_path / "state.pt"
+    save_torch({"epoch": 3, "weights": torch.randn(64, 64)}, file)
+    assert load_torch(file)["epoch"] == 3
+    data = bytearray(file.read_bytes())
+    data[1000:1256] = os.urandom(256)
+    file.write_bytes(bytes(data))
+    with pytest.raises(AamUserError) as error:
+        load_torch(file)
+    message = str(error.value)
+    assert "\n" not in message and str(file) in message and "state.pt.sha256" in message
+
+
+def test_a_checkpoint_without_a_checksum_still_loads_with_a_note(tmp_path, capsys):
+    file = tmp_path / "model.pt"
+    torch.save({"epoch": 1}, file)  # as an aam from before checksums wrote it
+    assert load_torch(file) == {"epoch": 1}
+    assert "has no model.pt.sha256 beside it" in capsys.readouterr().err
+
+
+WORK_SCRIPT = """
+import sys, time
+from aam._files import exit_on_sigterm, work_folder
+exit_on_sigterm()
+folder = work_folder("aam-run-")
+(folder / "state.pt").write_bytes(b"x")
+print(folder, flush=True)
+if sys.argv[1] == "raise":
+    raise RuntimeError("boom")
+if sys.argv[1] == "wait":
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("ending", ["return", "raise", "sigterm"])
+def test_work_folders_are_removed_however_the_process_ends(tmp_path, ending):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    process = subprocess.Popen([sys.executable, "-c", WORK_SCRIPT, "wait" if ending == "sigterm" else ending],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    folder = Path(process.stdout.readline().strip())
+    assert folder.parent == tmp_path and folder.name.startswith("aam-run-")
+    if ending == "sigterm":
+        assert folder.is_dir()
+        process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    assert process.returncode == {"return": 0, "raise": 1, "sigterm": 128 + signal.SIGTERM}[ending]
+    assert not folder.exists()
