@@ -27,7 +27,9 @@ The batch is made by `aam.data.collate.collate`:
     unifrac_row  Long  [B]     row in the UniFrac matrix, -1 when unknown (read by the losses)
 
 Speed: each distinct ASV is encoded once and its vector gathered into every sample that has it;
-nothing is padded beyond the batch's own longest ASV and sample; attention uses the fused
+nothing is padded beyond the batch's own longest ASV and sample (on a GPU, beyond the next size
+of the collate's shape buckets; `batch["bucketed_from"]` then holds the unpadded sizes, at which
+the random task draws are made); attention uses the fused
 `scaled_dot_product_attention` kernel (so there is no dropout on attention weights: on CPU it
 forces the slow unfused path, ~4x slower; dropout acts on the residual branches of the sample
 transformer, on the pooled ASV vectors and in the head instead, see ASVEncoder for why not in
@@ -149,11 +151,19 @@ class AttentionPool(nn.Module):
         return self.ln(torch.einsum("nl,nld->nd", weights, self.value(x)))
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`x` (host draws of the seeded generator) on `device`. To a GPU through pinned memory and a
+    non-blocking copy: a copy from pageable memory makes the host wait for the device first."""
+    if torch.device(device).type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 def uniform(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """U(0, 1) draws on `device`, taken from `generator` on its own device (a CPU generator
     cannot draw CUDA tensors; the loop keeps one seeded CPU generator whatever the device)."""
     where = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=where).to(device)
+    return to_device(torch.rand(shape, generator=generator, device=where), device)
 
 
 def mask_tokens(
@@ -471,7 +481,7 @@ class AAM(nn.Module):
         if do_mask:
             n_rows = real_rows  # never a bucket's padding row
             n_pick = max(1, math.ceil(NUCLEOTIDE_TASK_FRACTION * n_rows))
-            pick = torch.randperm(n_rows, generator=generator)[:n_pick].to(tokens.device)
+            pick = to_device(torch.randperm(n_rows, generator=generator)[:n_pick], tokens.device)
             labels = tokens[pick][:, :real_length]
             corrupted, masked = mask_tokens(labels, self.cfg.mask_prob, generator)
             if bucketed:  # the second pass on bucketed shapes too: padding rows and positions
