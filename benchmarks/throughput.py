@@ -10,6 +10,8 @@ step -> LR schedule step. Variants (each a run-config switch, see `aam.data.coll
     reference   both switches: the straightforward implementation
     fast_bf16   the fast path under bf16 autocast (precision=bf16; on a CPU with AMX/AVX512-BF16
                 the matrix products run in bf16; not in the default list on CPU, --variants adds it)
+    fast_compile the fast path with compile=on (torch.compile of the transformer layers; for a
+                GPU, where it decides what `compile: auto` should mean; --variants adds it)
 
 Every variant gets its own model (same seed, so the same initial weights) and optimizer, and
 sees the same batches (the same rows in the same order). The variants take turns step by step,
@@ -82,6 +84,7 @@ VARIANTS = {
     "no_dedupe": {"dedupe_asvs": False},
     "reference": {"pad_to_token_limit": True, "dedupe_asvs": False},
     "fast_bf16": {"precision": "bf16"},
+    "fast_compile": {"compile": "on"},
 }
 DEFAULT_VARIANTS = ("fast", "pad_limit", "no_dedupe", "reference")
 REPORTED_CONFIG = ("d_model", "n_heads", "asv_layers", "sample_layers", "ff_mult", "nucleotide_patch",
