@@ -146,6 +146,9 @@ class RunConfig:
                                  "reuse it across epochs and trials.", section="speed")
     precision: str = _f("auto", "auto (bf16 autocast on a GPU that supports it, else fp32), fp32 or bf16.",
                         ("auto", "fp32", "bf16"), section="speed")
+    compile: str = _f("off", "torch.compile the transformer layers (on the collate's bucketed shapes on a GPU): "
+                      "on, off or auto (auto is off everywhere until it is measured faster on a GPU).",
+                      ("auto", "on", "off"), section="speed")
     # --- resources --------------------------------------------------------------------------
     workers: int = _f(1, "Ray Train workers (data-parallel).", low=1, section="resources")
     cpus_per_worker: float = _f(1.0, "CPUs reserved per worker.", low=0.0, section="resources")

@@ -10,6 +10,8 @@ step -> LR schedule step. Variants (each a run-config switch, see `aam.data.coll
     reference   both switches: the straightforward implementation
     fast_bf16   the fast path under bf16 autocast (precision=bf16; on a CPU with AMX/AVX512-BF16
                 the matrix products run in bf16; not in the default list on CPU, --variants adds it)
+    fast_compile the fast path with compile=on (torch.compile of the transformer layers; for a
+                GPU, where it decides what `compile: auto` should mean; --variants adds it)
 
 Every variant gets its own model (same seed, so the same initial weights) and optimizer, and
 sees the same batches (the same rows in the same order). The variants take turns step by step,
@@ -32,6 +34,18 @@ fills it; the fastest size is reported beside it (they differ when a bigger batc
 
     python benchmarks/throughput.py --data DIR --device cuda --variants fast \
         --set d_model=128 --set token_limit=1024 --batch-sizes 16,32,64,128,256,512
+
+With --profile, after the measured steps each variant runs --profile-steps more under
+torch.profiler (CPU and, on a GPU, CUDA activity) and the overhead is printed without reading a
+trace: the top operators by self CPU time and by self CUDA time (per step), the kernel launches
+per step (CUDA runtime/driver launch calls: cudaLaunchKernel, cudaLaunchKernelExC, cuLaunchKernel,
+...) and "GPU busy", the CUDA kernel time over the wall time of those steps. On CPU the CUDA
+columns read n/a:
+
+    python benchmarks/throughput.py --data DIR --device cuda --variants fast,reference --profile
+
+On a GPU the batches are cut to the collate's shape buckets as `fit` cuts them, and `--set
+compile=on` compiles the transformer layers as `fit` would.
 
     python benchmarks/throughput.py --data /tmp/bench/mouse --steps 10
     python benchmarks/throughput.py --data /tmp/bench/mini --steps 2 --warmup 1   # a smoke run
@@ -56,6 +70,11 @@ from aam.config import RunConfig  # noqa: E402
 from aam.data.collate import collate, move_to  # noqa: E402
 from aam.training.losses import total_loss  # noqa: E402
 from aam.training.loop import batch_spec, mixed_precision  # noqa: E402
+
+try:  # the compile switch (absent before the GPU-step work; kept so the script runs on older commits)
+    from aam.training.loop import compiles  # noqa: E402
+except ImportError:
+    compiles = None
 from aam.training.optim import make_optimizer, warmup_cosine  # noqa: E402
 from aam.training.prepare import load_static  # noqa: E402
 
@@ -65,10 +84,11 @@ VARIANTS = {
     "no_dedupe": {"dedupe_asvs": False},
     "reference": {"pad_to_token_limit": True, "dedupe_asvs": False},
     "fast_bf16": {"precision": "bf16"},
+    "fast_compile": {"compile": "on"},
 }
 DEFAULT_VARIANTS = ("fast", "pad_limit", "no_dedupe", "reference")
 REPORTED_CONFIG = ("d_model", "n_heads", "asv_layers", "sample_layers", "ff_mult", "nucleotide_patch",
-                   "token_limit", "batch_size", "count_embed", "mask_prob", "count_head", "precision")
+                   "token_limit", "batch_size", "count_embed", "mask_prob", "count_head", "precision", "compile")
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -104,6 +124,48 @@ def _optimizer(model, cfg: RunConfig):
     return make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
 
 
+def _batch_spec(cfg: RunConfig, static, device: torch.device):
+    """`batch_spec` as `fit` calls it (with the device, which turns the shape buckets on on a GPU)."""
+    if "device" in inspect.signature(batch_spec).parameters:
+        return batch_spec(cfg, static, device)
+    return batch_spec(cfg, static)
+
+
+# CUDA runtime and driver calls that launch work on the device: one per kernel (or graph) launched
+LAUNCH_CALLS = frozenset({"cudaLaunchKernel", "cudaLaunchKernelExC", "cudaLaunchCooperativeKernel",
+                          "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch"})
+PROFILE_TOP = 10
+
+
+def profile_summary(averages, steps: int, wall_s: float, on_gpu: bool, top: int = PROFILE_TOP) -> dict:
+    """What a profile of `steps` training steps says, from `prof.key_averages()`: the top
+    operators by self CPU and self CUDA time (ms per step), kernel launches per step and GPU busy
+    (CUDA kernel time / wall time). The CUDA figures are None on CPU."""
+    from torch.autograd import DeviceType
+
+    host_ops = [e for e in averages if e.device_type == DeviceType.CPU and e.key not in LAUNCH_CALLS]
+
+    def row(e) -> dict:
+        return {"name": e.key, "calls_per_step": e.count / steps,
+                "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+                "self_cuda_ms_per_step": e.self_device_time_total / 1e3 / steps if on_gpu else None}
+
+    by_cpu = sorted(host_ops, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    out = {"steps": steps, "wall_s_per_step": wall_s / steps,
+           "cpu_ms_per_step": sum(e.self_cpu_time_total for e in host_ops) / 1e3 / steps,
+           "top_cpu": [row(e) for e in by_cpu], "top_cuda": None, "cuda_ms_per_step": None,
+           "kernel_launches_per_step": None, "gpu_busy": None}
+    if on_gpu:
+        kernels_us = sum(e.self_device_time_total for e in averages
+                         if e.device_type == DeviceType.CUDA and not e.is_user_annotation)
+        by_cuda = sorted((e for e in host_ops if e.self_device_time_total > 0),
+                         key=lambda e: e.self_device_time_total, reverse=True)[:top]
+        out.update(top_cuda=[row(e) for e in by_cuda], cuda_ms_per_step=kernels_us / 1e3 / steps,
+                   kernel_launches_per_step=sum(e.count for e in averages if e.key in LAUNCH_CALLS) / steps,
+                   gpu_busy=kernels_us / 1e6 / wall_s if wall_s > 0 else None)
+    return out
+
+
 class Trainer:
     """One variant's model + optimizer, stepping exactly as `fit` does."""
 
@@ -114,9 +176,11 @@ class Trainer:
         self.device = device
         torch.manual_seed(cfg.seed)
         self.model = AAM(cfg, n_targets=len(static.targets), token_width=static.token_width).train().to(device)
+        if compiles is not None and compiles(cfg, device):  # as fit does
+            self.model.compile_transformers()
         self.optimizer = _optimizer(self.model, cfg)
         self.scheduler = warmup_cosine(self.optimizer, total_steps, cfg.warmup_frac)
-        self.spec = batch_spec(cfg, static)
+        self.spec = _batch_spec(cfg, static, device)
         self.unifrac = torch.tensor(static.unifrac, device=device) if static.unifrac is not None else None
         self.masking = torch.Generator().manual_seed(cfg.seed * 7919)
         self.collate_s: list[float] = []
@@ -154,6 +218,22 @@ class Trainer:
             self.shapes.append((*batch["tokens"].shape, batch["asv_mask"].shape[1]))
         return value
 
+    def profile(self, batches: list) -> dict:
+        """`len(batches)` more (uncounted) steps under torch.profiler: see `profile_summary`."""
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.on_gpu else [])
+        if self.on_gpu:
+            torch.cuda.synchronize(self.device)
+        with profile(activities=activities) as prof:
+            started = time.perf_counter()
+            for rows in batches:
+                self.step(rows, record=False)
+            if self.on_gpu:
+                torch.cuda.synchronize(self.device)
+            wall = time.perf_counter() - started
+        return profile_summary(prof.key_averages(), len(batches), wall, self.on_gpu)
+
     def count_flops(self, rows) -> None:
         """One more (uncounted) step under FlopCounterMode: FLOPs per sample of a training step."""
         from torch.utils.flop_counter import FlopCounterMode
@@ -183,8 +263,11 @@ class Trainer:
 
 
 def measure(base: RunConfig, variants: dict[str, dict], steps: int, warmup: int, static=None, train_rows=None,
-            verbose: bool = True, device: torch.device | None = None, flops: bool = False) -> dict[str, dict]:
-    """samples/s of each variant over the same `warmup + steps` batches, the variants interleaved."""
+            verbose: bool = True, device: torch.device | None = None, flops: bool = False,
+            profile_steps: int = 0) -> dict[str, dict]:
+    """samples/s of each variant over the same `warmup + steps` batches, the variants interleaved;
+    with `profile_steps`, each variant's summary gets a "profile" (see `profile_summary`) of that
+    many more steps on the first measured batches."""
     if static is None:
         static, train_rows = load_static(base)
     batches = training_batches(train_rows, base.batch_size, warmup + steps, base.seed)
@@ -203,7 +286,37 @@ def measure(base: RunConfig, variants: dict[str, dict], steps: int, warmup: int,
     if flops:
         for trainer in trainers.values():
             trainer.count_flops(batches[warmup] if len(batches) > warmup else batches[0])
-    return {name: t.summary() for name, t in trainers.items()}
+    out = {name: t.summary() for name, t in trainers.items()}
+    if profile_steps:
+        measured = batches[warmup:] or batches
+        chosen = [measured[i % len(measured)] for i in range(profile_steps)]
+        for name, trainer in trainers.items():
+            out[name]["profile"] = trainer.profile(chosen)
+    return out
+
+
+def na(value, fmt: str = "{:.3g}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def print_profiles(results: dict[str, dict]) -> None:
+    """Per variant: its top operators by CPU and by CUDA time, then one line per variant with
+    kernel launches per step and GPU busy."""
+    for name, r in results.items():
+        prof = r["profile"]
+        for key, label in (("top_cpu", "self CPU"), ("top_cuda", "self CUDA")):
+            if prof[key] is None:
+                print(f"\n'{name}': top operators by {label} time: n/a (no CUDA activity on this device)")
+                continue
+            print_table(["operator", "calls/step", "self CPU ms/step", "self CUDA ms/step"],
+                        [[e["name"][:60], e["calls_per_step"], e["self_cpu_ms_per_step"],
+                          na(e["self_cuda_ms_per_step"])] for e in prof[key]],
+                        title=f"'{name}': top operators by {label} time ({prof['steps']} profiled steps)")
+    print_table(["variant", "wall ms/step", "CPU ms/step", "CUDA ms/step", "kernel launches/step", "GPU busy"],
+                [[name, r["profile"]["wall_s_per_step"] * 1e3, r["profile"]["cpu_ms_per_step"],
+                  na(r["profile"]["cuda_ms_per_step"]), na(r["profile"]["kernel_launches_per_step"], "{:.0f}"),
+                  na(r["profile"]["gpu_busy"], "{:.1%}")] for name, r in results.items()],
+                title="step overhead under torch.profiler (GPU busy = CUDA kernel time / wall time)")
 
 
 FILL_FRACTION = 0.9  # of the device's memory: headroom for batches longer than the measured ones
@@ -267,6 +380,9 @@ def main(argv=None) -> dict:
                         help="change the reference config (run-config key), e.g. --set d_model=32")
     parser.add_argument("--batch-sizes", help="comma list: sweep the batch size of the first variant instead "
                         "(stops at the first size that runs out of device memory)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile --profile-steps more steps per variant: top operators, launches, GPU busy")
+    parser.add_argument("--profile-steps", type=int, default=6, help="steps profiled per variant (default 6)")
     parser.add_argument("--out", help="results JSON (default benchmarks/results/throughput-<data>.json)")
     args = parser.parse_args(argv)
 
@@ -291,7 +407,7 @@ def main(argv=None) -> dict:
         return batch_sweep_main(args, base, chosen[0], static, train_rows, stats, config, device, info)
     started = time.perf_counter()
     results = measure(base, {v: VARIANTS[v] for v in chosen}, args.steps, args.warmup, static, train_rows,
-                      device=device, flops=not args.no_flops)
+                      device=device, flops=not args.no_flops, profile_steps=args.profile_steps if args.profile else 0)
     wall = time.perf_counter() - started
 
     fast = results.get("fast", {}).get("samples_per_s")
@@ -314,6 +430,8 @@ def main(argv=None) -> dict:
     if "fast_bf16" in results and "reference" in results:
         bf16_ratio = results["fast_bf16"]["samples_per_s"] / results["reference"]["samples_per_s"]
         print(f"fast_bf16 / reference = {bf16_ratio:.2f}x")
+    if args.profile:
+        print_profiles(results)
     payload = run_record("throughput", args, stats, config, device, wall, info,
                          variants={v: VARIANTS[v] for v in chosen}, results=results,
                          fast_over_reference=ratio, fast_bf16_over_reference=bf16_ratio)

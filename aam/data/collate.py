@@ -6,6 +6,15 @@ so the model always sees counts, padding and token widths made the same way.
 Speed: samples are padded to the batch's own longest sample (not to `token_limit`), and each
 distinct ASV of the batch appears once in `tokens` (samples share most ASVs); `asv_index`
 scatters the encoded vectors back to the samples.
+
+Shape buckets (`BatchSpec.shape_buckets`, on where the batches go to a GPU): the three sizes that
+vary from batch to batch (distinct-ASV rows, nucleotide positions, ASV slots per sample) are
+rounded up to a short ladder of sizes (`bucket_size`), the extra rows, positions and slots being
+padding exactly like the padding already there (PAD tokens, asv_mask False, count 0). A GPU
+attention kernel (cuDNN's) builds a plan per new shape and `torch.compile` a graph per shape: on
+a ladder the shapes repeat after a few batches. On CPU nothing is planned per shape, and the
+padding would only add work, so there it stays off. The model reads `batch["bucketed_from"]` (the
+sizes before rounding) so its random masking draws the same numbers either way.
 """
 
 from __future__ import annotations
@@ -34,6 +43,18 @@ class BatchSpec:
     quantile_targets: list[int] | None = None  # set by evaluation to undo the transform of quantiles
     min_abundance: float = 0.0  # leave out ASVs below this share of their sample's reads
     all_asvs: bool = False  # also list every ASV of each sample with its share of the reads (abundance_bag)
+    shape_buckets: bool = False  # round the varying sizes up to `bucket_size` (see the module docstring)
+
+
+def bucket_size(n: int) -> int:
+    """`n` rounded up on a ladder: multiples of 8 up to 64, then four sizes per doubling
+    (64, 80, 96, 112, 128, 160, 192, 224, 256, 320, ...), so at most 25% of a size is padding
+    and a range of sizes 16..2048 maps to ~25 shapes."""
+    n = max(int(n), 1)
+    if n <= 64:
+        return -(-n // 8) * 8
+    step = 2 ** ((n - 1).bit_length() - 3)  # a quarter of the power of two below n
+    return -(-n // step) * step
 
 
 def _list_column(rows: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -65,6 +86,9 @@ def collate(rows: pa.Table, spec: BatchSpec) -> dict:
         width = max(int(spec.token_limit), 1)
     else:
         width = max(int(lengths.max()) if n else 1, 1)
+    real_width = width
+    if spec.shape_buckets and not spec.pad_to_limit:
+        width = min(bucket_size(width), max(int(spec.token_limit), width))
 
     slot = np.arange(width)
     asv_mask = slot[None, :] < lengths[:, None]
@@ -89,6 +113,15 @@ def collate(rows: pa.Table, spec: BatchSpec) -> dict:
         # trim columns that are padding for every distinct ASV of this batch
         used = np.flatnonzero(tokens.any(axis=0))
         tokens = tokens[:, : (used[-1] + 1 if used.size else 1)]
+    real_rows, real_length = tokens.shape
+    if spec.shape_buckets:
+        # padding rows (all PAD, never pointed at by asv_index) and PAD positions; never wider
+        # than the dataset's token width, which the position embedding is sized for
+        length = real_length if spec.pad_to_limit else min(bucket_size(real_length), spec.tokens.shape[1])
+        padded = np.zeros((bucket_size(real_rows), max(length, real_length)), np.uint8)
+        padded[:real_rows, :real_length] = tokens
+        tokens = padded
+        rows_of_tokens = np.concatenate([rows_of_tokens, np.zeros(len(padded) - real_rows, rows_of_tokens.dtype)])
 
     batch = {
         "tokens": torch.from_numpy(tokens.astype(np.int64)),
@@ -110,6 +143,8 @@ def collate(rows: pa.Table, spec: BatchSpec) -> dict:
     }
     if spec.all_asvs:
         batch.update(_all_asvs(idx_off, idx_flat, cnt_flat, depth))
+    if spec.shape_buckets:
+        batch["bucketed_from"] = {"asv_rows": real_rows, "token_length": real_length, "slots": real_width}
     return batch
 
 
@@ -164,4 +199,9 @@ def _categoricals(rows: pa.Table, spec: BatchSpec) -> np.ndarray:
 
 
 def move_to(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    """The batch's tensors on `device`. To a GPU they go from pinned (page-locked) memory with
+    non-blocking copies, so the copy overlaps the work already queued instead of stalling the host."""
+    device = torch.device(device)
+    pin = device.type == "cuda"
+    return {k: ((v.pin_memory() if pin else v).to(device, non_blocking=pin) if torch.is_tensor(v) else v)
+            for k, v in batch.items()}

@@ -28,7 +28,9 @@ The batch is made by `aam.data.collate.collate`:
     unifrac_row  Long  [B]     row in the UniFrac matrix, -1 when unknown (read by the losses)
 
 Speed: each distinct ASV is encoded once and its vector gathered into every sample that has it;
-nothing is padded beyond the batch's own longest ASV and sample; attention uses the fused
+nothing is padded beyond the batch's own longest ASV and sample (on a GPU, beyond the next size
+of the collate's shape buckets; `batch["bucketed_from"]` then holds the unpadded sizes, at which
+the random task draws are made); attention uses the fused
 `scaled_dot_product_attention` kernel (so there is no dropout on attention weights: on CPU it
 forces the slow unfused path, ~4x slower; dropout acts on the residual branches of the sample
 transformer, on the pooled ASV vectors and in the head instead, see ASVEncoder for why not in
@@ -42,14 +44,30 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from aam.config import RunConfig
+from aam.data.collate import bucket_size
 from aam.data.sequences import MASK, PAD, VOCAB_SIZE
 from aam.models.categorical import CategoricalFusion
 from aam.models.heads import RegressionHead, TargetLayout
 
 # Share of a batch's distinct ASVs that get a second, masked pass for the nucleotide task.
 NUCLEOTIDE_TASK_FRACTION = 0.25
+
+# Attention kernels allowed on a GPU, in torch's order of preference. cuDNN's is left out: it
+# builds an execution plan for every new input shape (~23 ms of host time per call on an H200,
+# 89% of a step, against 40-75 us of GPU time), and batch shapes change nearly every step. The
+# memory-efficient kernel takes the boolean padding mask; flash runs where there is no mask.
+CUDA_ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """`scaled_dot_product_attention` with the backends above on CUDA (CPU: torch's choice)."""
+    if q.is_cuda:
+        with sdpa_kernel(CUDA_ATTENTION_BACKENDS):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 # --------------------------------------------------------------------------------------------
 # Building blocks
@@ -75,7 +93,7 @@ class Block(nn.Module):
         """x [N, L, D]; attn_mask [N, 1, 1, L] bool, True = may be attended to (None: all real)."""
         n, length, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(n, length, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        y = attention(q, k, v, attn_mask)
         y = y.transpose(1, 2).reshape(n, length, d)
         x = x + self.drop(self.proj(y))
         return x + self.drop(self.ff(self.ln2(x)))
@@ -87,8 +105,10 @@ def key_padding_mask(mask: torch.Tensor) -> torch.Tensor | None:
     A row with no real position at all would make softmax divide by zero (NaN that then spreads
     through the backward pass), so such a row may attend to its padding; its output is garbage
     but finite and the pooling below drops it anyway.
+
+    On a GPU the mask is always returned: testing it for padding is a host synchronisation.
     """
-    if bool(mask.all()):
+    if not mask.is_cuda and bool(mask.all()):
         return None
     safe = mask | ~mask.any(dim=-1, keepdim=True)
     return safe[:, None, None, :]
@@ -132,11 +152,19 @@ class AttentionPool(nn.Module):
         return self.ln(torch.einsum("nl,nld->nd", weights, self.value(x)))
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`x` (host draws of the seeded generator) on `device`. To a GPU through pinned memory and a
+    non-blocking copy: a copy from pageable memory makes the host wait for the device first."""
+    if torch.device(device).type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 def uniform(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """U(0, 1) draws on `device`, taken from `generator` on its own device (a CPU generator
     cannot draw CUDA tensors; the loop keeps one seeded CPU generator whatever the device)."""
     where = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=where).to(device)
+    return to_device(torch.rand(shape, generator=generator, device=where), device)
 
 
 def mask_tokens(
@@ -455,6 +483,11 @@ class AAM(nn.Module):
         """
         tokens, asv_index, asv_mask = batch["tokens"], batch["asv_index"], batch["asv_mask"]
         out: dict[str, torch.Tensor] = {}
+        # sizes before the collate's shape buckets: the random draws below are made at these
+        # sizes, so a bucketed batch masks exactly what the same batch unbucketed would
+        bucketed = batch.get("bucketed_from")
+        real_rows, real_length = (bucketed["asv_rows"], bucketed["token_length"]) if bucketed else tokens.shape
+        real_slots = bucketed["slots"] if bucketed else asv_mask.shape[1]
 
         # with a frozen encoder the self-supervised tasks cannot teach it anything
         pretraining = not self.encoder_frozen
@@ -504,12 +537,16 @@ class AAM(nn.Module):
             out["prediction"] = sample_vec.new_zeros(sample_vec.shape[0], 0)
         out["diagnostics"] = diagnostics
         if do_mask:
-            n_rows = tokens.shape[0]
+            n_rows = real_rows  # never a bucket's padding row
             n_pick = max(1, math.ceil(NUCLEOTIDE_TASK_FRACTION * n_rows))
-            pick = torch.randperm(n_rows, generator=generator)[:n_pick].to(tokens.device)
-            labels = tokens[pick]
+            pick = to_device(torch.randperm(n_rows, generator=generator)[:n_pick], tokens.device)
+            labels = tokens[pick][:, :real_length]
             corrupted, masked = mask_tokens(labels, self.cfg.mask_prob, generator)
+            if bucketed:  # the second pass on bucketed shapes too: padding rows and positions
+                corrupted = F.pad(corrupted, (0, tokens.shape[1] - real_length, 0, bucket_size(n_pick) - n_pick),
+                                  value=PAD)
             _, nucleotide_states = self.asv_encoder(corrupted)
+            nucleotide_states = nucleotide_states[:n_pick]
             u, length = masked.shape
             letters = self.nucleotide_head(nucleotide_states).reshape(u, -1, VOCAB_SIZE)[:, :length]
             out["nucleotide_logits"] = letters[masked]
@@ -519,12 +556,22 @@ class AAM(nn.Module):
             # with a count embedding, the hidden slots of a second sample-encoder pass are.
             count_mask = asv_mask
             if hide_counts:
-                count_mask = (uniform(asv_mask.shape, generator, asv_mask.device) < self.cfg.mask_prob) & asv_mask
+                drawn = uniform((asv_mask.shape[0], real_slots), generator, asv_mask.device) < self.cfg.mask_prob
+                count_mask = F.pad(drawn, (0, asv_mask.shape[1] - real_slots), value=False) & asv_mask
                 _, slot_states = self.sample_encoder(slots, asv_mask, log_counts, count_mask)
             out["count_prediction"] = self.count_head(slot_states).squeeze(-1).masked_fill(~asv_mask, 0.0)
             out["count_target"] = log_counts
             out["count_mask"] = count_mask
         return out
+
+    def compile_transformers(self) -> None:
+        """torch.compile every transformer stack (the encoders', the perceiver's): nearly all of a
+        step's kernels, on the collate's bucketed shapes. The glue around them (random task draws,
+        gathers, losses) stays eager: it reads Python sizes that would make a compiled graph
+        recompile for nearly every batch."""
+        for module in self.modules():
+            if isinstance(module, Transformer):
+                module.compile()
 
     # --- pretrain -> fine-tune ---------------------------------------------------------------
     def encoder_parameters(self):

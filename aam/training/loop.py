@@ -17,9 +17,10 @@ import sys
 import time
 import contextlib
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -137,10 +138,55 @@ def mixed_precision(cfg: RunConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if use else contextlib.nullcontext()
 
 
-def batch_spec(cfg: RunConfig, static: StaticData) -> BatchSpec:
+def compiles(cfg: RunConfig, device: torch.device) -> bool:
+    """Whether `compile` asks for torch.compile here: `on` everywhere; `auto` nowhere yet (on CPU
+    compiling costs more than it saves in a run; on a GPU it is to be measured first, see
+    BENCHMARKS.md), `off` never."""
+    return cfg.compile == "on"
+
+
+def batch_spec(cfg: RunConfig, static: StaticData, device: torch.device | None = None) -> BatchSpec:
+    """The collate's settings for this run. Shape buckets are on exactly when the batches go to a
+    GPU (see aam.data.collate): there repeated shapes save per-shape kernel planning; on CPU the
+    bucket padding would only add work."""
     return BatchSpec(static.tokens, static.targets, list(static.categoricals), cfg.token_limit, static.transform,
                      pad_to_limit=cfg.pad_to_token_limit, dedupe=cfg.dedupe_asvs, min_abundance=cfg.min_abundance,
-                     all_asvs=cfg.abundance_bag)
+                     all_asvs=cfg.abundance_bag,
+                     shape_buckets=device is not None and torch.device(device).type == "cuda")
+
+
+def prefetched(batches: Iterator[pa.Table], make: Callable[[pa.Table], dict]) -> Iterator[tuple[pa.Table, dict]]:
+    """(rows, make(rows)) for every item of `batches`, in order, with `make` (the collate) of the
+    next rows running in a background thread while the caller works on the current ones.
+
+    `batches` itself is advanced in the caller's thread (a Ray Data iterator stays where it was
+    made) and `make` is a pure function of the rows, so the batches are exactly those of a plain
+    loop; only their preparation overlaps the step. An error in `make` is raised here, in order.
+    """
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aam-collate")
+    try:
+        it = iter(batches)
+        rows = next(it, None)
+        pending = pool.submit(make, rows) if rows is not None else None
+        while pending is not None:
+            current_rows, current = rows, pending
+            rows = next(it, None)
+            pending = pool.submit(make, rows) if rows is not None else None
+            yield current_rows, current.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def collate_for(spec: BatchSpec, device: torch.device) -> Callable[[pa.Table], dict]:
+    """The collate of the training loop: on a GPU the batch's tensors are pinned (in the prefetch
+    thread) so that `move_to` copies them without blocking."""
+    pin = torch.device(device).type == "cuda"
+
+    def make(rows: pa.Table) -> dict:
+        batch = collate(rows, spec)
+        return {k: (v.pin_memory() if pin and torch.is_tensor(v) else v) for k, v in batch.items()} if pin else batch
+
+    return make
 
 
 @dataclass
@@ -181,6 +227,8 @@ def _fit(cfg: RunConfig, static: StaticData, session: Session, workdir: Path) ->
                         and cfg.categorical_fusion != "perceiver"):
                     model.use_sample_cache(static.sample_ids, torch.from_numpy(np.array(static.sample_vectors)))
     model.to(device)
+    if compiles(cfg, device):
+        model.compile_transformers()
     core = model
     model = session.prepare_model(model)
     optimizer = make_optimizer(core, cfg)
@@ -188,7 +236,7 @@ def _fit(cfg: RunConfig, static: StaticData, session: Session, workdir: Path) ->
     evaluated = ema.module if ema is not None else core  # what validation, test and model.pt use
     steps_per_epoch = max(math.ceil(session.shard_size() / cfg.batch_size), 1)
     scheduler = warmup_cosine(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_frac)
-    spec = batch_spec(cfg, static)
+    spec = batch_spec(cfg, static, device)
     # a copy: arrays from Ray's object store are read-only
     unifrac = torch.tensor(static.unifrac, device=device) if static.unifrac is not None else None
     masking = torch.Generator().manual_seed(cfg.seed * 7919 + session.rank)
@@ -209,13 +257,15 @@ def _fit(cfg: RunConfig, static: StaticData, session: Session, workdir: Path) ->
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         model.train()
-        sums: dict[str, float] = {}
+        # summed on the device (in float64, as Python floats were) and read once after the epoch:
+        # reading a loss each step would make the host wait for the device every step
+        sums: dict[str, torch.Tensor] = {}
         steps = 0
         finite = FiniteLossCheck(epoch + 1)
-        for rows in session.train_batches(epoch, cfg.batch_size):
+        for rows, collated in prefetched(session.train_batches(epoch, cfg.batch_size), collate_for(spec, device)):
             if rows.num_rows < 2:  # a lone last sample: BatchNorm needs two (shards are equal, so all ranks skip)
                 continue
-            batch = move_to(collate(rows, spec), device)
+            batch = move_to(collated, device)
             with mixed_precision(cfg, device):
                 outputs = model(batch, mask_nucleotides=True, generator=masking)
                 gathered = None
@@ -234,12 +284,12 @@ def _fit(cfg: RunConfig, static: StaticData, session: Session, workdir: Path) ->
             if ema is not None:
                 ema.update_parameters(core)
             steps += 1
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            sums["loss"] = sums.get("loss", 0.0) + loss.detach().double()
             for name, value in parts.items():
-                sums[name] = sums.get(name, 0.0) + float(value)
+                sums[name] = sums.get(name, 0.0) + value.double()
         finite.check()
         metrics = {"epoch": epoch + 1, **group_lrs(optimizer)}
-        metrics.update({f"train_{k}": v / max(steps, 1) for k, v in sums.items()})
+        metrics.update({f"train_{k}": float(v) / max(steps, 1) for k, v in sums.items()})
 
         checkpoint_dir = None
         if session.rank == 0:

@@ -6,6 +6,8 @@ Warm-up is a fraction, not a step count, so a short run never spends its whole l
 Two parameter groups when `categorical_lr` is set: every categorical parameter (embeddings,
 fusion, category router, per-category affine) at its own peak rate, the rest at `lr`. Category
 embeddings are sparse (a row sees only its category's samples) and often want a higher rate.
+
+On CUDA the fused AdamW kernel is used (same update, fewer kernel launches).
 """
 
 import math
@@ -23,7 +25,10 @@ def make_optimizer(model, cfg) -> torch.optim.AdamW:
     if categorical:
         groups.append({"params": [p for p in trainable if id(p) in categorical], "lr": cfg.categorical_lr,
                        "name": "categorical"})
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # on a GPU the fused kernel updates every parameter in a few launches instead of several
+    # per parameter tensor (~80 tensors in the default model)
+    fused = bool(trainable) and all(p.is_cuda for p in trainable)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:

@@ -51,3 +51,54 @@ def test_fill_choice_keeps_headroom_and_stops_at_out_of_memory():
     assert throughput.fill_choice(sweep, device_gib=141.0) == {"fills_device": 64, "fastest": 32}
     assert throughput.fill_choice([{"batch_size": 16, "fits": False}], 80.0) == {"fills_device": None,
                                                                                  "fastest": None}
+
+
+def test_profile_prints_the_top_operators_and_says_n_a_for_cuda_on_a_cpu(example_dataset, tmp_path, capsys):
+    sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
+    payload = throughput.main(["--data", str(example_dataset), "--device", "cpu", "--variants", "fast",
+                               "--steps", "1", "--warmup", "0", "--no-flops", "--profile", "--profile-steps", "2",
+                               "--out", str(tmp_path / "t.json"), *sets])
+    prof = payload["results"]["fast"]["profile"]
+    assert prof["steps"] == 2 and prof["wall_s_per_step"] > 0
+    top = prof["top_cpu"]
+    assert len(top) == throughput.PROFILE_TOP
+    assert [e["self_cpu_ms_per_step"] for e in top] == sorted((e["self_cpu_ms_per_step"] for e in top), reverse=True)
+    assert top[0]["self_cpu_ms_per_step"] > 0 and all(e["calls_per_step"] > 0 for e in top)
+    assert any(e["name"].startswith("aten::") for e in top)
+    assert prof["top_cuda"] is None and prof["gpu_busy"] is None and prof["kernel_launches_per_step"] is None
+    printed = capsys.readouterr().out
+    assert "top operators by self CPU time" in printed
+    # every operator row of the CPU table: the name, then numbers
+    table = printed.split("top operators by self CPU time")[1].split("\n\n")[0].splitlines()[3:]
+    assert len(table) == throughput.PROFILE_TOP
+    for line, e in zip(table, top):
+        name, calls, cpu_ms, cuda_ms = line.split()
+        assert name == e["name"][:60] and float(calls) > 0 and float(cpu_ms) > 0 and cuda_ms == "n/a"
+    summary = printed.split("step overhead under torch.profiler")[1].splitlines()
+    fast = next(line for line in summary if line.startswith("fast"))
+    assert fast.split()[-3:] == ["n/a", "n/a", "n/a"]  # CUDA time, launches, GPU busy
+
+
+def test_profile_summary_counts_launches_and_gpu_busy_from_cuda_events():
+    """The GPU arithmetic, on profiler averages as a CUDA run yields them (kernel events of device
+    type CUDA, launch calls on the host)."""
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEventAvg
+
+    def event(key, count, self_cpu_us, self_cuda_us, device_type):
+        e = FunctionEventAvg()
+        e.key, e.count, e.self_cpu_time_total, e.self_device_time_total = key, count, self_cpu_us, self_cuda_us
+        e.device_type, e.is_user_annotation = device_type, False
+        return e
+
+    averages = [event("aten::mm", 40, 4000, 3000, DeviceType.CPU),
+                event("aten::_efficient_attention_forward", 20, 2000, 5000, DeviceType.CPU),
+                event("cudaLaunchKernel", 300, 1500, 0, DeviceType.CPU),
+                event("cuLaunchKernel", 20, 100, 0, DeviceType.CPU),
+                event("sm90_gemm_kernel", 40, 0, 3000, DeviceType.CUDA),
+                event("fmha_cutlassF", 20, 0, 5000, DeviceType.CUDA)]
+    out = throughput.profile_summary(averages, steps=2, wall_s=0.04, on_gpu=True)
+    assert out["kernel_launches_per_step"] == 160
+    assert out["cuda_ms_per_step"] == 4.0 and out["gpu_busy"] == 0.2  # 8 ms of kernels in 40 ms
+    assert [e["name"] for e in out["top_cuda"]] == ["aten::_efficient_attention_forward", "aten::mm"]
+    assert [e["name"] for e in out["top_cpu"]] == ["aten::mm", "aten::_efficient_attention_forward"]

@@ -1,6 +1,7 @@
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from aam.data.collate import BatchSpec, collate
 from aam.data.transforms import TargetTransform
@@ -170,3 +171,37 @@ def test_model_outputs_are_the_same_on_the_fast_and_reference_paths(pad_to_limit
         fast, ref = model(fast_batch), model(ref_batch)
     for key in ("prediction", "sample_embedding"):
         torch.testing.assert_close(fast[key], ref[key], atol=1e-5, rtol=1e-5, msg=key)
+
+
+# --- shape buckets ------------------------------------------------------------------------------
+def test_bucket_ladder_rounds_up_by_at_most_a_quarter_and_repeats():
+    from aam.data.collate import bucket_size
+
+    assert [bucket_size(n) for n in (1, 8, 9, 63, 64, 65, 80, 81, 128, 129, 1000)] == [
+        8, 8, 16, 64, 64, 80, 80, 96, 128, 160, 1024]
+    sizes = range(1, 3000)
+    assert all(n <= bucket_size(n) <= max(8, 1.25 * n) for n in sizes if n > 64)
+    assert all(bucket_size(bucket_size(n)) == bucket_size(n) for n in sizes)  # a bucket is its own bucket
+    assert len({bucket_size(n) for n in range(16, 2049)}) <= 30
+
+
+def test_bucketed_batch_is_the_unbucketed_one_plus_masked_padding():
+    r = rows([[0, 1], [1, 2, 3]], [[5, 3], [9, 2, 1]], [1.0, 2.0])
+    plain = collate(r, spec())
+    bucketed = collate(r, BatchSpec(TOKENS, ["age"], ["diet"], 16, None, shape_buckets=True))
+    U, L = plain["tokens"].shape
+    S = plain["asv_mask"].shape[1]
+    assert bucketed["bucketed_from"] == {"asv_rows": U, "token_length": L, "slots": S}
+    # rows 4 -> 8; positions 5 -> 6 (capped at the dataset's token width); slots 3 -> 8 (<= token_limit)
+    assert bucketed["tokens"].shape == (8, TOKENS.shape[1]) and bucketed["asv_mask"].shape == (2, 8)
+    assert torch.equal(bucketed["tokens"][:U, :L], plain["tokens"])
+    assert (bucketed["tokens"][U:] == 0).all() and (bucketed["tokens"][:, L:] == 0).all()  # PAD
+    assert torch.equal(bucketed["asv_mask"][:, :S], plain["asv_mask"]) and not bucketed["asv_mask"][:, S:].any()
+    assert torch.equal(bucketed["counts"][:, :S], plain["counts"]) and not bucketed["counts"][:, S:].any()
+    assert torch.equal(bucketed["asv_index"][:, :S], plain["asv_index"])
+    assert len(bucketed["asv_ids"]) == 8 and torch.equal(bucketed["asv_ids"][:U], plain["asv_ids"])
+    for key in ("depth", "targets", "categoricals", "unifrac_row"):
+        assert torch.equal(bucketed[key], plain[key]), key
+    # the slots never exceed token_limit
+    capped = collate(r, BatchSpec(TOKENS, ["age"], ["diet"], 3, None, shape_buckets=True))
+    assert capped["asv_mask"].shape == (2, 3)

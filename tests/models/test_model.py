@@ -348,3 +348,49 @@ def test_learns_a_target_that_depends_on_which_asvs_are_present(patch):
         mse = torch.mean((model(test)["prediction"] - test["targets"]) ** 2).item()
     assert mse < 0.01 * baseline, f"mse {mse:.4f} vs variance {baseline:.4f}"
 
+
+
+# --- shape buckets (aam.data.collate): padding to repeatable sizes changes nothing -------------
+@pytest.mark.parametrize("patch", [1, 4])
+def test_shape_buckets_give_the_same_outputs_losses_and_gradients(example_dataset, patch):
+    import dataclasses
+
+    from aam.data.collate import collate
+    from aam.training.loop import batch_spec
+    from aam.training.prepare import load_static
+
+    cfg = RunConfig().replace(data=str(example_dataset), d_model=16, n_heads=2, asv_layers=1, sample_layers=1,
+                              token_limit=48, dropout=0.0, nucleotide_patch=patch)
+    static, train_rows = load_static(cfg)
+    spec = batch_spec(cfg, static)
+    unifrac = torch.tensor(static.unifrac)
+    torch.manual_seed(0)
+    model = AAM(cfg, static.targets, static.token_width, static.categoricals)
+    for start in (0, 8):  # two batches of different sizes
+        rows = train_rows.slice(start, 8)
+        plain = collate(rows, spec)
+        bucketed = collate(rows, dataclasses.replace(spec, shape_buckets=True))
+        assert bucketed["tokens"].numel() > plain["tokens"].numel()  # really padded
+
+        model.eval()
+        with torch.no_grad():
+            assert_same(model(plain), model(bucketed), keys=("sample_embedding", "prediction"))
+
+        model.train()
+        results = []
+        for batch in (plain, bucketed):  # training mode: masked nucleotides and hidden counts, seeded
+            model.zero_grad()
+            out = model(batch, mask_nucleotides=True, generator=torch.Generator().manual_seed(3))
+            loss, parts = total_loss(out, batch, cfg, unifrac, None)
+            loss.backward()
+            results.append((loss.detach(), parts, out["nucleotide_labels"],
+                            {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        (loss_a, parts_a, labels_a, grads_a), (loss_b, parts_b, labels_b, grads_b) = results
+        assert {"nucleotide", "count"} <= set(parts_a)  # the random tasks ran
+        assert torch.equal(labels_a, labels_b)  # the same nucleotides masked
+        torch.testing.assert_close(loss_a, loss_b, atol=1e-5, rtol=1e-5)
+        for name in parts_a:
+            torch.testing.assert_close(parts_a[name], parts_b[name], atol=1e-5, rtol=1e-5, msg=name)
+        assert grads_a.keys() == grads_b.keys()
+        for name in grads_a:
+            torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4, msg=name)

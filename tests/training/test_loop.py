@@ -211,3 +211,96 @@ def test_a_loss_that_becomes_nan_stops_training_in_one_line_without_a_checkpoint
     message = str(error.value)
     assert "\n" not in message and "NaN or infinite at epoch 1, step " in message and "lower --lr" in message
     assert session.reports == [] and session.last_checkpoint is None  # nothing trained on NaN was kept
+
+
+# --- step overhead: device-side loss sums, collate prefetch, compile switch -----------------------
+def test_train_loss_summed_on_the_device_equals_a_plain_per_step_sum(finished):
+    """The epoch's train_loss and parts, recomputed by a plain loop that reads every step's loss
+    as a Python float (what fit did before), collating in the same thread."""
+    from aam.data.collate import collate
+    from aam.models import AAM
+    from aam.training.losses import total_loss
+    from aam.training.loop import batch_spec
+    from aam.training.optim import make_optimizer, warmup_cosine
+
+    cfg, _, folder, _ = finished
+    history = json.loads((folder / "metrics.json").read_text())["history"]
+    static, rows = load_static(cfg)
+    session = Session(rows, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = AAM(cfg, static.targets, static.token_width, static.categoricals)
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = -(-session.shard_size() // cfg.batch_size)
+    scheduler = warmup_cosine(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_frac)
+    spec, unifrac = batch_spec(cfg, static), torch.tensor(static.unifrac)
+    masking = torch.Generator().manual_seed(cfg.seed * 7919)
+    model.train()
+    sums, steps = {}, 0
+    for batch_rows in session.train_batches(0, cfg.batch_size):
+        if batch_rows.num_rows < 2:
+            continue
+        batch = collate(batch_rows, spec)
+        outputs = model(batch, mask_nucleotides=True, generator=masking)
+        loss, parts = total_loss(outputs, batch, cfg, unifrac, None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        steps += 1
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        for name, value in parts.items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+    assert steps > 1 and {"loss", "target", "unifrac", "nucleotide"} <= set(sums)
+    for name, total in sums.items():
+        assert history[0][f"train_{name}"] == pytest.approx(total / steps, rel=1e-12, abs=1e-12), name
+
+
+def test_prefetch_yields_the_same_batches_in_the_same_order_collated_in_a_background_thread(example_dataset):
+    import threading
+
+    from aam.data.collate import collate
+    from aam.training.loop import batch_spec, collate_for, prefetched
+
+    cfg = tiny_cfg(example_dataset, batch_size=7)
+    static, rows = load_static(cfg)
+    spec = batch_spec(cfg, static)
+    session = Session(rows, cfg.seed)
+    plain = [(r, collate(r, spec)) for r in session.train_batches(1, cfg.batch_size)]
+    started = [threading.Event() for _ in plain]
+    threads = set()
+
+    def make(r):
+        threads.add(threading.current_thread().name)
+        started[[p[0].column("sample_id")[0].as_py() for p in plain].index(r.column("sample_id")[0].as_py())].set()
+        return collate_for(spec, torch.device("cpu"))(r)
+
+    got = []
+    for i, (r, batch) in enumerate(prefetched(session.train_batches(1, cfg.batch_size), make)):
+        if i + 1 < len(plain):  # while batch i is in use, batch i+1 is already being collated
+            assert started[i + 1].wait(timeout=30), f"batch {i + 1} was not collated ahead"
+        got.append((r, batch))
+    assert len(got) == len(plain) > 2
+    for (r_a, b_a), (r_b, b_b) in zip(plain, got):
+        assert r_a.equals(r_b) and b_a.keys() == b_b.keys()
+        for key in b_a:
+            assert (torch.equal(b_a[key], b_b[key]) if torch.is_tensor(b_a[key]) else b_a[key] == b_b[key]), key
+    assert threads and threading.current_thread().name not in threads
+
+    def broken(r):
+        raise ValueError("bad rows")
+
+    with pytest.raises(ValueError, match="bad rows"):
+        list(prefetched(session.train_batches(1, cfg.batch_size), broken))
+
+
+def test_compile_is_off_by_default_validated_and_auto_stays_off_until_measured(example_dataset):
+    from aam.training.loop import compiles
+
+    cfg = tiny_cfg(example_dataset)
+    assert cfg.compile == "off"
+    for device in ("cpu", "cuda"):
+        assert not compiles(cfg.replace(compile="auto"), torch.device(device))
+        assert compiles(cfg.replace(compile="on"), torch.device(device))
+    with pytest.raises(AamUserError, match="compile"):
+        cfg.replace(compile="fast")
