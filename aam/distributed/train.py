@@ -215,6 +215,18 @@ def _one_line(error: Exception, cfg: RunConfig, run_dir: Path) -> Exception:
     )
 
 
+def _user_error_in(error: BaseException) -> AamUserError | None:
+    """The AamUserError a worker raised (a diverged loss, a bad file), as one line for the CLI;
+    Ray wraps it in its own errors, whose text is a traceback."""
+    candidates = [error, *getattr(error, "worker_failures", {}).values()]
+    for candidate in candidates:
+        for inner in (getattr(candidate, "cause", None), candidate.__cause__, candidate):
+            if isinstance(inner, AamUserError):
+                message = inner.args[0] if inner.args and isinstance(inner.args[0], str) else str(inner)
+                return type(inner)(message.strip().splitlines()[-1] if "Traceback" in message else message)
+    return None
+
+
 def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return _short(lines[0] if lines else type(error).__name__)

@@ -18,6 +18,17 @@ from aam.training.checkpoint import load_model
 pytestmark = pytest.mark.slow
 
 
+def write_space(folder, name="space.yaml"):
+    """The session's small search space (tests/conftest.py) as a file in `folder`."""
+    import yaml
+
+    from conftest import SMALL_SPACE
+
+    file = folder / name
+    file.write_text(yaml.safe_dump(SMALL_SPACE))
+    return file
+
+
 @pytest.fixture(scope="module")
 def experiment(small_experiment):
     """The session's small search (tests/conftest.py): 6 trials, ASHA, keep_checkpoints 1."""
