@@ -81,6 +81,16 @@ SMALL_SPACE = {
 }
 
 
+@pytest.fixture
+def small_space_file(tmp_path):
+    """SMALL_SPACE as a search-space file (tests import no conftest module: each folder has its own)."""
+    import yaml
+
+    file = tmp_path / "space.yaml"
+    file.write_text(yaml.safe_dump(SMALL_SPACE))
+    return file
+
+
 @pytest.fixture(scope="session")
 def small_experiment(ray_cluster, example_dataset, tmp_path_factory):
     """STORAGE/NAME of a finished 6-trial Optuna + ASHA search on the bundled example (read it, or copy it

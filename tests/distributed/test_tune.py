@@ -18,17 +18,6 @@ from aam.training.checkpoint import load_model
 pytestmark = pytest.mark.slow
 
 
-def write_space(folder, name="space.yaml"):
-    """The session's small search space (tests/conftest.py) as a file in `folder`."""
-    import yaml
-
-    from conftest import SMALL_SPACE
-
-    file = folder / name
-    file.write_text(yaml.safe_dump(SMALL_SPACE))
-    return file
-
-
 @pytest.fixture(scope="module")
 def experiment(small_experiment):
     """The session's small search (tests/conftest.py): 6 trials, ASHA, keep_checkpoints 1."""
@@ -180,7 +169,7 @@ def test_resume_reconciles_a_search_generator_that_counted_an_unrecorded_trial(e
     assert fixed["counter"] == 6 and "neverrecorded" not in fixed["name:ConcurrencyLimiter"]["live_trials"]
 
 
-def test_a_second_search_under_an_existing_name_is_refused_with_a_pointer_to_resume(experiment, tmp_path):
+def test_a_second_search_under_an_existing_name_is_refused_with_a_pointer_to_resume(experiment, small_space_file):
     import hashlib
 
     def folder_hash(folder):
@@ -190,7 +179,7 @@ def test_a_second_search_under_an_existing_name_is_refused_with_a_pointer_to_res
         return digest.hexdigest()
 
     before = folder_hash(experiment)
-    result = CliRunner().invoke(app, ["tune", str(write_space(tmp_path)), "--storage-path", str(experiment.parent),
+    result = CliRunner().invoke(app, ["tune", str(small_space_file), "--storage-path", str(experiment.parent),
                                       "--name", experiment.name, "--data", read_experiment(experiment).trials[0]
                                       .config["data"]])
     assert isinstance(result.exception, AamUserError), result.output
@@ -208,10 +197,10 @@ def test_an_experiment_is_marked_and_its_tune_state_signed(experiment):
     verify_state(experiment)
 
 
-def test_a_storage_path_that_is_a_file_is_refused_before_ray_starts(example_dataset, tmp_path):
+def test_a_storage_path_that_is_a_file_is_refused_before_ray_starts(example_dataset, small_space_file, tmp_path):
     storage = tmp_path / "results.txt"
     storage.write_text("not a folder")
-    result = CliRunner().invoke(app, ["tune", str(write_space(tmp_path)), "--data", str(example_dataset),
+    result = CliRunner().invoke(app, ["tune", str(small_space_file), "--data", str(example_dataset),
                                       "--storage-path", str(storage), "--name", "x"])
     assert isinstance(result.exception, AamUserError), result.output
     assert f"storage_path {storage} is a file" in str(result.exception)
