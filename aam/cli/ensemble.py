@@ -1,5 +1,6 @@
 """`aam ensemble`: greedy ensemble selection on val over a search's best trials or a run's seeds."""
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,7 +16,7 @@ def _candidates(sources: list[Path], top: int) -> tuple[list[tuple[str, Path]], 
 
     if len(sources) == 1 and (sources[0] / SPACE_FILE).is_file():
         experiment = read_experiment(sources[0])
-        ranked = [t for t in experiment.ranked() if t.checkpoint() is not None and t.best == t.best]
+        ranked = [t for t in experiment.ranked() if t.checkpoint() is not None and not math.isnan(t.best)]
         if not ranked:
             raise AamUserError(f"{sources[0]}: no trial kept a checkpoint with a model yet")
         return [(t.path.name, t.checkpoint()) for t in ranked[:top]], sources[0]
@@ -53,8 +54,8 @@ def ensemble(
 
     from aam.data.collate import raw_targets
     from aam.data.dataset import Dataset
-    from aam.training.checkpoint import read_payload
-    from aam.training.predict import model_batch_spec
+    from aam.training.checkpoint import load_model
+    from aam.training.predict import table_batch_spec
     from aam.training.ensemble import forest_member, greedy_select, model_member, write_ensemble
 
     candidates, experiment = _candidates(list(sources), top)
@@ -64,23 +65,18 @@ def ensemble(
         out = experiment / "ensembles" / (f"top{top}" + ("-rf" if with_baseline else ""))
     if out.exists():
         raise AamUserError(f"--out {out}: already exists; choose a new folder (an ensemble is never overwritten)")
-    payloads = [read_payload(folder) for _, folder in candidates]
-    targets = payloads[0]["targets"]
-    if not targets or any(p["targets"] != targets for p in payloads):
+    bundles = [load_model(folder) for _, folder in candidates]
+    targets = bundles[0].targets
+    if not targets or any(b.targets != targets for b in bundles):
         raise AamUserError("ensemble: every member must predict the same targets; "
-                           + ", ".join(f"{n}: {p['targets']}" for (n, _), p in zip(candidates, payloads)))
-    dataset = Dataset.open(data or payloads[0]["config"]["data"])
+                           + ", ".join(f"{n}: {b.targets}" for (n, _), b in zip(candidates, bundles)))
+    dataset = Dataset.open(data or bundles[0].config.data)
     rows = {split: dataset.split(split) for split in ("val", "test")}
     sample_ids = {split: r.column("sample_id").to_pylist() for split, r in rows.items()}
     actual = {split: raw_targets(r, targets) for split, r in rows.items()}
     sequences = dataset.asvs.column("sequence").to_pylist()
-
-    def spec_for(bundle):
-        if bundle.model.asv_identity is not None:
-            bundle.model.asv_identity.index_table(sequences)
-        return model_batch_spec(bundle, dataset.tokens)
-
-    members = [model_member(name, folder, rows, spec_for) for name, folder in candidates]
+    members = [model_member(name, folder, bundle, rows, table_batch_spec(bundle, dataset.tokens, sequences))
+               for (name, folder), bundle in zip(candidates, bundles)]
     if with_baseline is not None:
         members.append(forest_member(with_baseline, sample_ids, targets))
     selection = greedy_select([m.val for m in members], actual["val"], rounds)

@@ -77,15 +77,12 @@ def greedy_select(val_predictions: list[np.ndarray], actual: np.ndarray, rounds:
     return Selection(weights=best_counts / best_counts.sum(), val_curve=curve)
 
 
-def model_member(name: str, folder: Path, rows: dict, spec_for) -> Member:
-    """A trained run's predictions for the val and test rows, from its model.pt alone."""
+def model_member(name: str, folder: Path, bundle, rows: dict, spec) -> Member:
+    """A trained run's (`bundle`, loaded from `folder`) predictions for the val and test rows."""
     import torch
 
-    from aam.training.checkpoint import load_model
     from aam.training.loop import predict_rows
 
-    bundle = load_model(folder)
-    spec = spec_for(bundle)
     preds = {split: predict_rows(bundle.model, rows[split], spec, torch.device("cpu")).predicted for split in rows}
     return Member(name, "model", Path(folder), preds["val"], preds["test"])
 

@@ -36,21 +36,23 @@ def predict_table(model_path: Path, table: Path, sequences: Path | None = None, 
     if not bundle.targets:
         raise AamUserError(f"--model {model_path}: a pretrained encoder without targets; it has nothing to predict")
     rows, tokens, asv_sequences = table_to_rows(read_table(table, sequences=sequences), width=bundle.token_width)
-    if bundle.model.asv_identity is not None:  # ASVs not seen in training use their sequence alone
-        bundle.model.asv_identity.index_table(asv_sequences)
     used = bundle.config.model_columns(list(bundle.categoricals))
     notes: list[str] = []
     if used:
         rows, notes = _add_categories(rows, bundle.categoricals, used, metadata)
-    spec = model_batch_spec(bundle, tokens)
+    spec = table_batch_spec(bundle, tokens, asv_sequences)
     result = predict_rows(bundle.model, rows, spec, torch.device("cpu"), batch_size=batch_size)
     frame = predictions_frame(result.sample_ids, bundle.targets, result.predicted, None, None, result.quantiles,
                               result.quantile_names, result.quantile_levels)
     return frame, notes
 
 
-def model_batch_spec(bundle, tokens: np.ndarray) -> BatchSpec:
-    """How a trained model's batches are made from a table's tokens (as in its training)."""
+def table_batch_spec(bundle, tokens: np.ndarray, sequences: list[str]) -> BatchSpec:
+    """How a trained model's batches are made from a table (tokens and sequences in the table's ASV
+    order), as in its training; a model with asv_identity is matched to the table's ASVs by
+    sequence (ASVs not seen in training use their sequence alone)."""
+    if bundle.model.asv_identity is not None:
+        bundle.model.asv_identity.index_table(sequences)
     cfg = bundle.config
     return BatchSpec(tokens, bundle.targets, list(bundle.categoricals), cfg.token_limit, bundle.transform,
                      min_abundance=cfg.min_abundance, all_asvs=cfg.abundance_bag)
