@@ -120,6 +120,10 @@ class RunConfig:
                           "averages over ~100 steps): validation, test and the saved model use the averaged "
                           "weights, which are less noisy than the last step's.", low=0.0, high=0.9999,
                           section="quality")
+    ema_warmup: bool = _f(False, "Start the average short and let it grow: the decay at update n is "
+                          "min(ema_decay, (1 + n) / (10 + n)), so after n updates it spans about the last n/9 "
+                          "instead of keeping most of the initial weights while n < 1/(1 - ema_decay).",
+                          section="quality")
     asv_identity: bool = _f(False, "Add a learned vector per ASV seen in training (keyed by its sequence) to the "
                             "vector the nucleotide transformer makes; an ASV never seen in training uses the "
                             "sequence path alone.", section="quality")
@@ -130,6 +134,10 @@ class RunConfig:
                              "token_limit kept for attention), each weighted by its share of the sample's reads, into "
                              "the sample vector: all of a sample at the cost of a weighted sum. Needs asv_identity.",
                              section="quality")
+    abundance_bag_weight: str = _f("share", "What weights each ASV in the abundance bag: share (of the sample's "
+                                   "reads), sqrt (of the share: the Hellinger transform, which lifts rare ASVs) or "
+                                   "log (log1p of the reads per ten thousand).", choices=("share", "sqrt", "log"),
+                                   section="quality")
     min_abundance: float = _f(0.0, "Leave out ASVs below this share of their sample's reads (0: keep all) before "
                               "token_limit applies; with a large token_limit every ASV above the floor is read.",
                               low=0.0, high=0.5, section="quality")
@@ -282,6 +290,11 @@ class RunConfig:
             out.append(f"transform_by is set but target_transform={self.target_transform}: it is not used")
         if not self.uses_quantiles and self.quantiles != [0.1, 0.5, 0.9]:
             out.append("quantiles are set but no target uses the quantile loss")
+        if self.ema_warmup and self.ema_decay == 0:
+            out.append("ema_warmup is set but ema_decay=0: there is no average to warm up")
+        if self.abundance_bag_weight != "share" and not self.abundance_bag:
+            out.append(f"abundance_bag_weight={self.abundance_bag_weight} is set but abundance_bag=false: "
+                       "there is no bag to weight")
         return out
 
     def save(self, path: str | Path) -> None:

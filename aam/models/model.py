@@ -293,10 +293,12 @@ class ASVIdentity(nn.Module):
     unseen, so the sequence path keeps learning for the ASVs that will be.
     """
 
-    def __init__(self, vocabulary: list[str], d_model: int, dropout: float, bag: bool = False):
+    def __init__(self, vocabulary: list[str], d_model: int, dropout: float, bag: bool = False,
+                 bag_weight: str = "share"):
         super().__init__()
         self.vocabulary = list(vocabulary)
         self.dropout = dropout
+        self.bag_weight = bag_weight
         self.embedding = nn.Embedding(len(self.vocabulary) + 1, d_model, padding_idx=0)
         # abundance_bag: every ASV of a sample, weighted by its share of the reads, in one weighted sum
         self.bag = nn.EmbeddingBag(len(self.vocabulary) + 1, d_model, mode="sum", padding_idx=0) if bag else None
@@ -316,8 +318,18 @@ class ASVIdentity(nn.Module):
         return asv_vectors + self.embedding(rows).to(asv_vectors.dtype)
 
     def pool(self, all_asvs: torch.Tensor, shares: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """sum_i share_i * bag vector of ASV i over every ASV of each sample: all_asvs, shares [B, K] -> [B, D]."""
-        return self.bag(self._rows(all_asvs, generator), per_sample_weights=shares.float())
+        """sum_i w(share_i) * bag vector of ASV i over every ASV of each sample: all_asvs, shares [B, K] -> [B, D].
+
+        w is the share itself, its square root or log1p(10^4 share) (`bag_weight`); each is 0 at a
+        zero share, so padding adds nothing. The share lets the few dominant ASVs decide; the
+        other two let the rare ones, where a forest finds much of its signal, count too.
+        """
+        weights = shares.float()
+        if self.bag_weight == "sqrt":
+            weights = weights.sqrt()
+        elif self.bag_weight == "log":
+            weights = torch.log1p(weights * 1e4)
+        return self.bag(self._rows(all_asvs, generator), per_sample_weights=weights)
 
     def _rows(self, asv_ids: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if self.rows.numel() == 0:
@@ -384,7 +396,8 @@ class AAM(nn.Module):
         if cfg.asv_identity:
             if asv_vocabulary is None:
                 raise ValueError("asv_identity needs the training ASVs' sequences (asv_vocabulary)")
-            self.asv_identity = ASVIdentity(asv_vocabulary, d, cfg.asv_identity_dropout, bag=cfg.abundance_bag)
+            self.asv_identity = ASVIdentity(asv_vocabulary, d, cfg.asv_identity_dropout, bag=cfg.abundance_bag,
+                                            bag_weight=cfg.abundance_bag_weight)
         # categorical columns, as indices into the batch's `categoricals`
         columns = list(categoricals)
         fused = cfg.fusion_columns(columns) if self.n_targets else []

@@ -353,9 +353,30 @@ def weight_average(model: torch.nn.Module, cfg: RunConfig):
         return None
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+    update = ema_with_warmup(cfg.ema_decay) if cfg.ema_warmup else get_ema_multi_avg_fn(cfg.ema_decay)
     # buffers are copied, not averaged: BatchNorm's statistics are re-estimated for the averaged
     # weights before every evaluation (recalibrate_batchnorm), and index buffers are integers
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=False)
+
+
+def ema_with_warmup(decay: float):
+    """An EMA update whose decay after n updates is min(decay, (1 + n) / (10 + n)).
+
+    A plain EMA of decay 0.995 still holds 0.995^n of the initial weights after n steps: 64%
+    after the 90 steps of 10 epochs on 141 samples, so the "averaged" model is mostly the
+    untrained one. The warm-up (TensorFlow's ExponentialMovingAverage with num_updates) makes
+    the average span roughly its last n/9 updates until that reaches 1/(1 - decay).
+    `n_averaged` is AveragedModel's own count (saved in its state, so a resumed run continues
+    the same schedule); the weight stays a tensor, so no update waits on the device.
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        step = n_averaged.to(torch.float32)
+        weight = torch.clamp(9.0 / (10.0 + step), min=1.0 - decay)  # 1 - min(decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(averaged, current, weight.to(averaged[0].dtype))
+
+    return update
 
 
 class NonFiniteLoss(AamUserError):

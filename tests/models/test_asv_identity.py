@@ -114,6 +114,35 @@ def test_the_abundance_bag_reads_every_asv_weighted_by_its_share_of_the_reads():
                                0.6 * weight[1] + 0.3 * weight[2])
 
 
+@pytest.mark.parametrize("bag_weight, weigh", [
+    ("sqrt", np.sqrt),
+    ("log", lambda share: np.log1p(share * 1e4)),
+])
+def test_the_bag_weight_transforms_each_share_and_padding_still_adds_nothing(bag_weight, weigh):
+    m = model(SEQUENCES, abundance_bag=True, abundance_bag_weight=bag_weight)
+    with torch.no_grad():
+        m.asv_identity.bag.weight[1:].normal_()
+    m.asv_identity.index_table(SEQUENCES)
+    tokens = tokenize(SEQUENCES, 10)
+    table = pa.table({
+        "sample_id": ["a", "b"], "asv_idx": pa.array([[0, 1, 2], [3]], pa.list_(pa.int32())),
+        "counts": pa.array([[6, 3, 1], [4]], pa.list_(pa.float32())), "target.y": pa.array([1.0, 2.0]),
+    })
+    b = collate(table, BatchSpec(tokens, ["y"], [], 1, None, all_asvs=True))
+    weight = m.asv_identity.bag.weight
+    pooled = m.asv_identity.pool(b["all_asvs"], b["all_shares"], None)
+    expected_a = sum(float(weigh(share)) * weight[row] for share, row in ((0.6, 1), (0.3, 2), (0.1, 3)))
+    torch.testing.assert_close(pooled[0], expected_a)
+    torch.testing.assert_close(pooled[1], float(weigh(1.0)) * weight[4])  # sample b's padding slots add nothing
+
+
+def test_a_bag_weight_without_a_bag_is_flagged_as_having_no_effect():
+    cfg = RunConfig.from_dict({"abundance_bag_weight": "sqrt"})
+    assert any("abundance_bag_weight=sqrt" in w for w in cfg.redundancy_warnings([]))
+    with pytest.raises(Exception, match="abundance_bag_weight"):
+        RunConfig.from_dict({"abundance_bag_weight": "cube"})
+
+
 def test_abundance_bag_needs_asv_identity():
     from aam.errors import AamUserError
 

@@ -59,3 +59,43 @@ def test_resuming_continues_the_average_to_the_same_weights(averaged):
 
 def test_zero_decay_means_no_average(example_dataset):
     assert weight_average(torch.nn.Linear(2, 2), tiny_cfg(example_dataset)) is None
+
+
+def test_the_warmed_up_average_forgets_its_start_and_then_settles_at_the_decay(example_dataset):
+    """After n updates the start's share is prod_k min(decay, (1+k)/(10+k)); plain EMA keeps decay^n."""
+    decay, n = 0.995, 90
+    model = torch.nn.Linear(1, 1, bias=False)
+    averages = {}
+    for warm in (False, True):
+        with torch.no_grad():
+            model.weight.fill_(1.0)  # the initial weights
+        average = weight_average(model, tiny_cfg(example_dataset, ema_decay=decay, ema_warmup=warm))
+        average.update_parameters(model)  # the first update copies the weights
+        with torch.no_grad():
+            model.weight.fill_(0.0)  # every later step's weights
+        for _ in range(n - 1):
+            average.update_parameters(model)
+        averages[warm] = float(average.module.weight)  # = the initial weights' remaining share
+    assert averages[False] == pytest.approx(decay ** (n - 1), rel=1e-5)  # the first update copies
+    expected = 1.0
+    for k in range(1, n):
+        expected *= min(decay, (1 + k) / (10 + k))
+    assert averages[True] == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert averages[True] < 0.01 < 0.6 < averages[False]
+
+
+def test_the_warm_up_continues_across_a_resume(example_dataset):
+    """n_averaged is in the average's state: a resumed warm-up run ends on the same weights."""
+    cfg = tiny_cfg(example_dataset, ema_decay=0.99, ema_warmup=True, epochs=2)
+    static, rows = load_static(cfg)
+    whole = Session(rows, cfg.seed, verbose=False)
+    fit(cfg, static, whole)
+    broken = StopAfter(rows, cfg.seed, n=1, verbose=False)
+    with pytest.raises(Interrupted):
+        fit(cfg, static, broken)
+    resumed = Session(rows, cfg.seed, restore=resume_state(broken.last_checkpoint), verbose=False)
+    fit(cfg, static, resumed)
+    a = torch.load(whole.last_checkpoint / "state.pt", weights_only=False)["ema"]
+    b = torch.load(resumed.last_checkpoint / "state.pt", weights_only=False)["ema"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
