@@ -120,10 +120,11 @@ class RunConfig:
                           "averages over ~100 steps): validation, test and the saved model use the averaged "
                           "weights, which are less noisy than the last step's.", low=0.0, high=0.9999,
                           section="quality")
-    ema_warmup: bool = _f(False, "Start the average short and let it grow: the decay at update n is "
-                          "min(ema_decay, (1 + n) / (10 + n)), so after n updates it spans about the last n/9 "
-                          "instead of keeping most of the initial weights while n < 1/(1 - ema_decay).",
-                          section="quality")
+    ema_warmup: str = _f("off", "How the average starts. off: decay ema_decay from the first update, so after n "
+                         "updates ema_decay^n of it is still the initial weights (64% after 90 steps at 0.995); "
+                         "short: decay min(ema_decay, (1 + n) / (10 + n)), spanning about the last n/9 updates; "
+                         "mean: the plain mean of every update so far until that spans 1/(1 - ema_decay) of them.",
+                         choices=("off", "short", "mean"), section="quality")
     asv_identity: bool = _f(False, "Add a learned vector per ASV seen in training (keyed by its sequence) to the "
                             "vector the nucleotide transformer makes; an ASV never seen in training uses the "
                             "sequence path alone.", section="quality")
@@ -290,8 +291,8 @@ class RunConfig:
             out.append(f"transform_by is set but target_transform={self.target_transform}: it is not used")
         if not self.uses_quantiles and self.quantiles != [0.1, 0.5, 0.9]:
             out.append("quantiles are set but no target uses the quantile loss")
-        if self.ema_warmup and self.ema_decay == 0:
-            out.append("ema_warmup is set but ema_decay=0: there is no average to warm up")
+        if self.ema_warmup != "off" and self.ema_decay == 0:
+            out.append(f"ema_warmup={self.ema_warmup} is set but ema_decay=0: there is no average to warm up")
         if self.abundance_bag_weight != "share" and not self.abundance_bag:
             out.append(f"abundance_bag_weight={self.abundance_bag_weight} is set but abundance_bag=false: "
                        "there is no bag to weight")

@@ -353,27 +353,31 @@ def weight_average(model: torch.nn.Module, cfg: RunConfig):
         return None
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    update = ema_with_warmup(cfg.ema_decay) if cfg.ema_warmup else get_ema_multi_avg_fn(cfg.ema_decay)
+    update = get_ema_multi_avg_fn(cfg.ema_decay) if cfg.ema_warmup == "off" else ema_with_warmup(
+        cfg.ema_decay, cfg.ema_warmup)
     # buffers are copied, not averaged: BatchNorm's statistics are re-estimated for the averaged
     # weights before every evaluation (recalibrate_batchnorm), and index buffers are integers
     return AveragedModel(model, multi_avg_fn=update, use_buffers=False)
 
 
-def ema_with_warmup(decay: float):
-    """An EMA update whose decay after n updates is min(decay, (1 + n) / (10 + n)).
+def ema_with_warmup(decay: float, warmup: str):
+    """An EMA update whose weight on the new step is at least 1 - decay, and more at first.
 
     A plain EMA of decay 0.995 still holds 0.995^n of the initial weights after n steps: 64%
     after the 90 steps of 10 epochs on 141 samples, so the "averaged" model is mostly the
-    untrained one. The warm-up (TensorFlow's ExponentialMovingAverage with num_updates) makes
-    the average span roughly its last n/9 updates until that reaches 1/(1 - decay).
-    `n_averaged` is AveragedModel's own count (saved in its state, so a resumed run continues
-    the same schedule); the weight stays a tensor, so no update waits on the device.
+    untrained one. `short` (TensorFlow's ExponentialMovingAverage with num_updates) uses decay
+    min(decay, (1 + n) / (10 + n)) after n updates: a window of about the last n/9. `mean` uses
+    1 / (n + 1): the plain mean of every update so far (Polyak averaging), a window of all n.
+    Either switches to `decay` once its window reaches 1/(1 - decay). `n_averaged` is
+    AveragedModel's own count (saved in its state, so a resumed run continues the same
+    schedule); the weight stays a tensor, so no update waits on the device.
     """
+    early = 9.0 if warmup == "short" else 1.0
+    offset = 10.0 if warmup == "short" else 1.0
 
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
-        step = n_averaged.to(torch.float32)
-        weight = torch.clamp(9.0 / (10.0 + step), min=1.0 - decay)  # 1 - min(decay, (1 + n) / (10 + n))
+        weight = torch.clamp(early / (offset + n_averaged.to(torch.float32)), min=1.0 - decay)
         torch._foreach_lerp_(averaged, current, weight.to(averaged[0].dtype))
 
     return update

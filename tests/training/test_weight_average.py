@@ -61,32 +61,37 @@ def test_zero_decay_means_no_average(example_dataset):
     assert weight_average(torch.nn.Linear(2, 2), tiny_cfg(example_dataset)) is None
 
 
-def test_the_warmed_up_average_forgets_its_start_and_then_settles_at_the_decay(example_dataset):
-    """After n updates the start's share is prod_k min(decay, (1+k)/(10+k)); plain EMA keeps decay^n."""
+@pytest.mark.parametrize("warmup", ["short", "mean"])
+def test_the_warmed_up_average_forgets_its_start_and_then_settles_at_the_decay(example_dataset, warmup):
+    """The start's share after n updates is prod_k (1 - w_k) over the later updates' weights w_k;
+    plain EMA keeps decay^(n-1) of it, `short` uses w_k = max(1 - decay, 9/(10+k)), `mean` 1/(k+1)."""
     decay, n = 0.995, 90
     model = torch.nn.Linear(1, 1, bias=False)
     averages = {}
-    for warm in (False, True):
+    for mode in ("off", warmup):
         with torch.no_grad():
             model.weight.fill_(1.0)  # the initial weights
-        average = weight_average(model, tiny_cfg(example_dataset, ema_decay=decay, ema_warmup=warm))
+        average = weight_average(model, tiny_cfg(example_dataset, ema_decay=decay, ema_warmup=mode))
         average.update_parameters(model)  # the first update copies the weights
         with torch.no_grad():
             model.weight.fill_(0.0)  # every later step's weights
         for _ in range(n - 1):
             average.update_parameters(model)
-        averages[warm] = float(average.module.weight)  # = the initial weights' remaining share
-    assert averages[False] == pytest.approx(decay ** (n - 1), rel=1e-5)  # the first update copies
+        averages[mode] = float(average.module.weight)  # = the initial weights' remaining share
+    assert averages["off"] == pytest.approx(decay ** (n - 1), rel=1e-5)
     expected = 1.0
     for k in range(1, n):
-        expected *= min(decay, (1 + k) / (10 + k))
-    assert averages[True] == pytest.approx(expected, rel=1e-4, abs=1e-7)
-    assert averages[True] < 0.01 < 0.6 < averages[False]
+        weight = max(1 - decay, 9 / (10 + k)) if warmup == "short" else max(1 - decay, 1 / (k + 1))
+        expected *= 1 - weight
+    assert averages[warmup] == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    if warmup == "mean":  # the plain mean of n updates, one of which was the start
+        assert averages[warmup] == pytest.approx(1 / n, rel=1e-4)
+    assert averages[warmup] < 0.02 < 0.6 < averages["off"]
 
 
 def test_the_warm_up_continues_across_a_resume(example_dataset):
     """n_averaged is in the average's state: a resumed warm-up run ends on the same weights."""
-    cfg = tiny_cfg(example_dataset, ema_decay=0.99, ema_warmup=True, epochs=2)
+    cfg = tiny_cfg(example_dataset, ema_decay=0.99, ema_warmup="short", epochs=2)
     static, rows = load_static(cfg)
     whole = Session(rows, cfg.seed, verbose=False)
     fit(cfg, static, whole)
