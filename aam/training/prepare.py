@@ -17,7 +17,7 @@ from aam.data.collate import category_codes, raw_targets
 from aam.data.dataset import Dataset
 from aam.data.transforms import TargetTransform
 from aam.errors import AamUserError
-from aam.training.loop import StaticData
+from aam.training.session import StaticData
 
 
 def resolve_targets(cfg: RunConfig, dataset: Dataset) -> list[str]:
