@@ -1,4 +1,4 @@
-"""The AAM model in one file: nucleotides -> ASV vectors -> sample vector -> heads.
+"""The AAM model: nucleotides -> ASV vectors -> sample vector -> heads.
 
 Read it top to bottom:
 
@@ -8,8 +8,8 @@ Read it top to bottom:
     CountEmbedding   the count feature into the ASV slots: add | concat | film
     SampleEncoder    ASV vectors scattered to slots [B, S, D] -> sample vector [B, D]
     ASVIdentity      a learned vector per ASV seen in training, keyed by sequence (optional)
-    AAM              the composition: encoders -> categorical fusion -> regression head, the
-                     self-supervised heads, and the pretrain -> fine-tune helpers
+    AAM              the composition: the encoders (`encode_samples`) -> categorical fusion ->
+                     regression head, the self-supervised tasks, and the pretrain -> fine-tune helpers
 
 The transformer layers and attention pooling are in `layers.py`, the regression heads (linear,
 mlp, residual, mixture of experts) in `heads.py`, the categorical fusions (concat, add, gmu,

@@ -112,6 +112,8 @@ def collate_for(spec: BatchSpec, device: torch.device) -> Callable[[pa.Table], d
 
 @dataclass
 class _Best:
+    """The best epoch so far by the val score (-1: none yet), its score and its metrics."""
+
     epoch: int = -1
     score: float = math.inf
     metrics: dict = field(default_factory=dict)
@@ -223,7 +225,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
     """One pass over this worker's shard: the learning rates, and each loss part's mean per step."""
     cfg, device = run.cfg, run.device
     run.trained.train()
-    # summed on the device (in float64, as Python floats were) and read once after the epoch:
+    # summed on the device in float64 (a Python float's precision) and read once after the epoch:
     # reading a loss each step would make the host wait for the device every step
     sums: dict[str, torch.Tensor] = {}
     steps = 0
