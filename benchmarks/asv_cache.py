@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load_average, machine_info, print_machine, print_table, write_json  # noqa: E402
 
 from aam.config import RunConfig  # noqa: E402
-from aam.training.loop import Session, fit  # noqa: E402
+from aam.training.loop import fit  # noqa: E402
+from aam.training.session import Session  # noqa: E402
 from aam.training.prepare import load_static  # noqa: E402
 
 TARGET_RATIO = 10.0
@@ -142,7 +143,7 @@ def profile_trial(cfg: RunConfig, static, train_rows) -> dict:
     phases.wrap(torch.nn.utils, "clip_grad_norm_", "train: grad clipping")
     phases.wrap(loop, "recalibrate_batchnorm", "BatchNorm recalibration (per epoch)")
     phases.wrap(loop, "evaluate", "val evaluation (per epoch)")
-    phases.wrap(loop, "_finish", "last epoch: test evaluation + predictions + figure")
+    phases.wrap(loop, "_test_best_epoch", "last epoch: test evaluation + predictions + figure")
     phases.wrap(torch, "save", "checkpoint saves (model.pt + state.pt per epoch)")
     phases.wrap(loop.artifacts, "write_tsv", "prediction files")
     phases.wrap(loop, "_log_epoch", "TensorBoard scalars")

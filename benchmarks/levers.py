@@ -56,7 +56,8 @@ def train_one(job: dict) -> dict:
 
     torch.set_num_threads(1)
     from aam.config import RunConfig
-    from aam.training.loop import Session, fit
+    from aam.training.loop import fit
+    from aam.training.session import Session
     from aam.training.prepare import load_static
 
     cfg = RunConfig.from_dict(job["config"], where=f"{job['label']}/{job['variant']}")

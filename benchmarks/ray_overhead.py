@@ -68,7 +68,8 @@ def child_direct(config_json: str, data: str, threads: int) -> None:
     if threads:
         torch.set_num_threads(threads)
     from aam.config import RunConfig
-    from aam.training.loop import Session, fit
+    from aam.training.loop import fit
+    from aam.training.session import Session
     from aam.training.prepare import load_static
 
     cfg = RunConfig.from_dict({**json.loads(config_json), "data": data})

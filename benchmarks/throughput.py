@@ -175,7 +175,7 @@ class Trainer:
         self.cfg = cfg
         self.device = device
         torch.manual_seed(cfg.seed)
-        self.model = AAM(cfg, n_targets=len(static.targets), token_width=static.token_width).train().to(device)
+        self.model = AAM(cfg, static.targets, static.token_width).train().to(device)
         if compiles is not None and compiles(cfg, device):  # as fit does
             self.model.compile_transformers()
         self.optimizer = _optimizer(self.model, cfg)

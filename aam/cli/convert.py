@@ -49,8 +49,7 @@ def convert(
     force: Annotated[bool, typer.Option("--force", help="Replace an --out folder that aam wrote as a dataset.")] = False,
 ) -> None:
     """Convert a BIOM table and its metadata into a dataset folder for training."""
-    from aam.data import convert_dataset
-    from aam.data._split import parse_split
+    from aam.data import convert_dataset, parse_split
     from aam.errors import AamUserError
 
     given = {"table": table, "metadata": metadata, "targets": target or None, "categoricals": categorical or None,

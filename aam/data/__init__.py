@@ -4,9 +4,11 @@
 - `Dataset.open(path)`: read one back.
 - `read_table(path, sequences=None)` + `table_to_rows(td, width=...)`: the same table -> rows path
   that prediction uses on new tables.
+- `parse_split("0.8/0.1/0.1")`: the `--split` text -> fractions, with a one-line error.
 """
 
 from aam.data._biom import TableData, read_table
+from aam.data._split import parse_split
 from aam.data.convert import ConvertReport, convert_dataset, table_to_rows
 from aam.data.dataset import Dataset
 from aam.data.sequences import SEQUENCE_RULE, VOCAB_SIZE, tokenize
@@ -18,6 +20,7 @@ __all__ = [
     "TableData",
     "VOCAB_SIZE",
     "convert_dataset",
+    "parse_split",
     "read_table",
     "table_to_rows",
     "tokenize",

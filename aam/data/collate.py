@@ -75,13 +75,8 @@ def collate(rows: pa.Table, spec: BatchSpec) -> dict:
     n = rows.num_rows
     idx_off, idx_flat = _list_column(rows, "asv_idx")
     cnt_off, cnt_flat = _list_column(rows, "counts")
-    lengths = np.minimum(np.diff(idx_off), spec.token_limit)
     depth = _depth(rows, cnt_off, cnt_flat)
-    if spec.min_abundance > 0 and cnt_flat.size:
-        # counts are stored most-abundant first, so the ASVs above the floor are a prefix of the row
-        sample_of_count = np.repeat(np.arange(n), np.diff(cnt_off))
-        above = cnt_flat >= spec.min_abundance * depth[sample_of_count]
-        lengths = np.minimum(lengths, np.bincount(sample_of_count, weights=above, minlength=n).astype(np.int64))
+    lengths = _kept_lengths(idx_off, cnt_off, cnt_flat, depth, spec)
     if spec.pad_to_limit:
         width = max(int(spec.token_limit), 1)
     else:
@@ -96,32 +91,10 @@ def collate(rows: pa.Table, spec: BatchSpec) -> dict:
     # rows are stored most-abundant first, so the first `token_limit` slots are the ones kept
     slot_asv = np.where(asv_mask, idx_flat[gather] if idx_flat.size else 0, 0)
     slot_counts = np.where(asv_mask, cnt_flat[gather] if cnt_flat.size else 0, 0).astype(np.float32)
-
-    if spec.dedupe:
-        rows_of_tokens, inverse = np.unique(slot_asv[asv_mask], return_inverse=True)
-    else:  # reference path: every real slot gets its own row, shared ASVs repeated
-        rows_of_tokens = slot_asv[asv_mask]
-        inverse = np.arange(rows_of_tokens.size)
-    asv_index = np.zeros((n, width), dtype=np.int64)
-    asv_index[asv_mask] = inverse
-    if rows_of_tokens.size:
-        tokens = spec.tokens[rows_of_tokens]
-    else:
-        tokens = np.zeros((1, spec.tokens.shape[1]), np.uint8)
-        rows_of_tokens = np.zeros(1, dtype=np.int64)
-    if not spec.pad_to_limit:
-        # trim columns that are padding for every distinct ASV of this batch
-        used = np.flatnonzero(tokens.any(axis=0))
-        tokens = tokens[:, : (used[-1] + 1 if used.size else 1)]
+    tokens, rows_of_tokens, asv_index = _distinct_tokens(slot_asv, asv_mask, spec)
     real_rows, real_length = tokens.shape
     if spec.shape_buckets:
-        # padding rows (all PAD, never pointed at by asv_index) and PAD positions; never wider
-        # than the dataset's token width, which the position embedding is sized for
-        length = real_length if spec.pad_to_limit else min(bucket_size(real_length), spec.tokens.shape[1])
-        padded = np.zeros((bucket_size(real_rows), max(length, real_length)), np.uint8)
-        padded[:real_rows, :real_length] = tokens
-        tokens = padded
-        rows_of_tokens = np.concatenate([rows_of_tokens, np.zeros(len(padded) - real_rows, rows_of_tokens.dtype)])
+        tokens, rows_of_tokens = _bucketed_tokens(tokens, rows_of_tokens, spec)
 
     batch = {
         "tokens": torch.from_numpy(tokens.astype(np.int64)),
@@ -146,6 +119,52 @@ def collate(rows: pa.Table, spec: BatchSpec) -> dict:
     if spec.shape_buckets:
         batch["bucketed_from"] = {"asv_rows": real_rows, "token_length": real_length, "slots": real_width}
     return batch
+
+
+def _kept_lengths(idx_off: np.ndarray, cnt_off: np.ndarray, cnt_flat: np.ndarray, depth: np.ndarray,
+                  spec: BatchSpec) -> np.ndarray:
+    """How many ASVs of each sample the batch keeps: at most `token_limit`, none below `min_abundance`."""
+    n = len(idx_off) - 1
+    lengths = np.minimum(np.diff(idx_off), spec.token_limit)
+    if spec.min_abundance > 0 and cnt_flat.size:
+        # counts are stored most-abundant first, so the ASVs above the floor are a prefix of the row
+        sample_of_count = np.repeat(np.arange(n), np.diff(cnt_off))
+        above = cnt_flat >= spec.min_abundance * depth[sample_of_count]
+        lengths = np.minimum(lengths, np.bincount(sample_of_count, weights=above, minlength=n).astype(np.int64))
+    return lengths
+
+
+def _distinct_tokens(slot_asv: np.ndarray, asv_mask: np.ndarray, spec: BatchSpec):
+    """The `tokens` rows of the batch (each distinct ASV once, or every slot on the reference
+    path), the dataset's ASV index of each row, and each slot's row (`asv_index`)."""
+    if spec.dedupe:
+        rows_of_tokens, inverse = np.unique(slot_asv[asv_mask], return_inverse=True)
+    else:  # reference path: every real slot gets its own row, shared ASVs repeated
+        rows_of_tokens = slot_asv[asv_mask]
+        inverse = np.arange(rows_of_tokens.size)
+    asv_index = np.zeros(asv_mask.shape, dtype=np.int64)
+    asv_index[asv_mask] = inverse
+    if rows_of_tokens.size:
+        tokens = spec.tokens[rows_of_tokens]
+    else:
+        tokens = np.zeros((1, spec.tokens.shape[1]), np.uint8)
+        rows_of_tokens = np.zeros(1, dtype=np.int64)
+    if not spec.pad_to_limit:
+        # trim columns that are padding for every distinct ASV of this batch
+        used = np.flatnonzero(tokens.any(axis=0))
+        tokens = tokens[:, : (used[-1] + 1 if used.size else 1)]
+    return tokens, rows_of_tokens, asv_index
+
+
+def _bucketed_tokens(tokens: np.ndarray, rows_of_tokens: np.ndarray, spec: BatchSpec):
+    """`tokens` grown to bucket sizes: padding rows (all PAD, never pointed at by asv_index) and PAD
+    positions; never wider than the dataset's token width, which the position embedding is sized for."""
+    real_rows, real_length = tokens.shape
+    length = real_length if spec.pad_to_limit else min(bucket_size(real_length), spec.tokens.shape[1])
+    padded = np.zeros((bucket_size(real_rows), max(length, real_length)), np.uint8)
+    padded[:real_rows, :real_length] = tokens
+    rows_of_tokens = np.concatenate([rows_of_tokens, np.zeros(len(padded) - real_rows, rows_of_tokens.dtype)])
+    return padded, rows_of_tokens
 
 
 def _all_asvs(idx_off: np.ndarray, idx_flat: np.ndarray, cnt_flat: np.ndarray, depth: np.ndarray) -> dict:

@@ -239,16 +239,13 @@ def convert_dataset(
     """Validate the inputs and write a dataset folder at `out`; see the module docstring."""
     out = Path(out)
     targets, categoricals = list(targets), list(categoricals)
-    _check_out(out, overwrite, {"--table": table, "--metadata": metadata, "--sequences": sequences,
-                                "--unifrac": unifrac, "--tree": tree})
+    sources = {"table": table, "metadata": metadata, "sequences": sequences, "unifrac": unifrac, "tree": tree}
+    _check_out(out, overwrite, {f"--{name}": path for name, path in sources.items()})
     fractions = _check_args(targets, categoricals, split, rarefy, unifrac, tree, unifrac_metric, out, overwrite)
 
     td = read_table(table, sequences)
-    meta = _metadata.read_metadata(metadata, id_column)
-    meta_name = Path(metadata).name
-    _metadata.require_columns(meta, targets, "--target", meta_name)
-    _metadata.require_columns(meta, categoricals, "--categorical", meta_name)
-    _metadata.require_columns(meta, [group_by] if group_by else [], "--group-by", meta_name)
+    meta, meta_name = _read_metadata(metadata, id_column, {"--target": targets, "--categorical": categoricals,
+                                                           "--group-by": [group_by] if group_by else []})
 
     kept, dropped, dropped_lines = _choose_samples(td, meta, targets, rarefy, meta_name)
     sub = td.select(kept)
@@ -264,11 +261,7 @@ def convert_dataset(
     if groups is not None:
         notes.append(f"split grouped by {group_by}: {len(set(groups))} groups, none on two sides")
 
-    uf = None
-    if unifrac is not None:
-        uf = _unifrac.from_matrix(unifrac, kept)
-    elif tree is not None:
-        uf = _unifrac.from_tree(tree, sub.matrix, sub.observation_ids, kept, unifrac_metric)
+    uf = _unifrac_for(unifrac, tree, unifrac_metric, sub, kept)
     notes += uf.notes if uf is not None else []
     n_meta_only = len(set(meta.index) - set(td.sample_ids))
     if n_meta_only:
@@ -276,32 +269,13 @@ def convert_dataset(
     if rarefy is not None:
         notes.append(f"rarefied to {rarefy} reads per sample (seed {seed})")
 
-    samples = rows.append_column("split", pa.array(split_names.tolist(), pa.string()))
-    for name, arr in columns.items():
-        samples = samples.append_column(name, arr)
-    unifrac_rows = uf.rows if uf is not None else np.full(len(kept), -1, dtype=np.int32)
-    samples = samples.append_column("unifrac_row", pa.array(unifrac_rows, pa.int32()))
-    samples = samples.select(["sample_id", "split", "asv_idx", "counts", "depth", *columns, "unifrac_row"])
-
+    samples = _samples_table(rows, split_names, columns, uf)
     width = tokens.shape[1]
-    asvs = pa.table(
-        {
-            "asv_idx": pa.array(np.arange(len(seq_list), dtype=np.int32)),
-            "asv_id": pa.array(sub.observation_ids, pa.string()),
-            "sequence": pa.array(seq_list, pa.string()),
-            "tokens": pa.FixedSizeListArray.from_arrays(pa.array(tokens.ravel(), pa.uint8()), width),
-        }
-    )
+    asvs = _asvs_table(sub.observation_ids, seq_list, tokens)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "aam_version": aam.__version__,
-        "sources": {
-            "table": _source(table),
-            "metadata": _source(metadata),
-            "sequences": _source(sequences),
-            "unifrac": _source(unifrac),
-            "tree": _source(tree),
-        },
+        "sources": {name: _source(path) for name, path in sources.items()},
         "targets": targets,
         "categoricals": vocabularies,
         "split": {"fractions": list(fractions), "seed": seed, "group_by": group_by, "counts": split_counts},
@@ -323,6 +297,46 @@ def convert_dataset(
         dropped=manifest["dropped"],
         notes=[f"read {td.name}: {td.matrix.shape[0]} ASVs x {len(td.sample_ids)} samples", *notes],
         dropped_lines=dropped_lines,
+    )
+
+
+def _read_metadata(metadata, id_column: str | None, required: dict[str, list[str]]):
+    """The metadata table and its file name; every column a flag names must be in it."""
+    meta = _metadata.read_metadata(metadata, id_column)
+    meta_name = Path(metadata).name
+    for flag, columns in required.items():
+        _metadata.require_columns(meta, columns, flag, meta_name)
+    return meta, meta_name
+
+
+def _unifrac_for(unifrac, tree, unifrac_metric: str, sub: TableData, kept: list[str]):
+    """The UniFrac distances of the kept samples: read from a matrix, computed from a tree, or None."""
+    if unifrac is not None:
+        return _unifrac.from_matrix(unifrac, kept)
+    if tree is not None:
+        return _unifrac.from_tree(tree, sub.matrix, sub.observation_ids, kept, unifrac_metric)
+    return None
+
+
+def _samples_table(rows: pa.Table, split_names: np.ndarray, columns: dict[str, pa.Array], uf) -> pa.Table:
+    """samples.parquet: the table rows with their split, target.*/cat.* columns and UniFrac row."""
+    samples = rows.append_column("split", pa.array(split_names.tolist(), pa.string()))
+    for name, arr in columns.items():
+        samples = samples.append_column(name, arr)
+    unifrac_rows = uf.rows if uf is not None else np.full(rows.num_rows, -1, dtype=np.int32)
+    samples = samples.append_column("unifrac_row", pa.array(unifrac_rows, pa.int32()))
+    return samples.select(["sample_id", "split", "asv_idx", "counts", "depth", *columns, "unifrac_row"])
+
+
+def _asvs_table(observation_ids: Sequence[str], sequences: list[str], tokens: np.ndarray) -> pa.Table:
+    """asvs.parquet: a row per ASV (its index, ID, sequence and fixed-width tokens)."""
+    return pa.table(
+        {
+            "asv_idx": pa.array(np.arange(len(sequences), dtype=np.int32)),
+            "asv_id": pa.array(observation_ids, pa.string()),
+            "sequence": pa.array(sequences, pa.string()),
+            "tokens": pa.FixedSizeListArray.from_arrays(pa.array(tokens.ravel(), pa.uint8()), tokens.shape[1]),
+        }
     )
 
 

@@ -1,7 +1,7 @@
 """Nucleotide tokens: the one rule that turns an ASV sequence into model input.
 
-Upstream turned unknown letters into padding, so an ambiguous base silently shortened a
-sequence. Here every letter of a sequence is a real token or an error, never padding.
+Every letter of a sequence is a real token or an error, never padding: an ambiguous base is a
+token of its own (`N`), so a sequence is never silently shortened.
 """
 
 from __future__ import annotations
@@ -50,10 +50,6 @@ def _not_sequences(ids: Sequence[str]) -> np.ndarray:
     bases = per_id(np.isin(flat, np.frombuffer(b"ACGTUacgtu", dtype=np.uint8)))
     # A real read may carry a few odd letters (those get their own error); a name is mostly not bases.
     return (lengths == 0) | (digits > 0) | (bases < 0.8 * lengths)
-
-
-def looks_like_sequence(observation_id: str) -> bool:
-    return not _not_sequences([observation_id])[0] and not _HASH_LIKE.match(observation_id)
 
 
 def check_ids_are_sequences(observation_ids: Sequence[str], where: str) -> None:

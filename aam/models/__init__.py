@@ -1,4 +1,5 @@
-"""The AAM model (pure PyTorch): see `aam.models.model` for the whole architecture in one file."""
+"""The AAM model (pure PyTorch): `aam.models.model` composes it, top to bottom, from the blocks of
+`layers`, the heads of `heads` and the fusions of `categorical`."""
 
 from aam.models.categorical import FUSION_GUIDE
 from aam.models.heads import TargetLayout

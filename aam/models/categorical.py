@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from aam.config import RunConfig
+from aam.models.layers import Transformer, choice_error
 
 FUSION_GUIDE = """\
 Categorical metadata: which fusion to use, and when (flag: --categorical-fusion).
@@ -79,6 +80,8 @@ class CategoricalFusion(nn.Module):
         super().__init__()
         d, k, n_cols = cfg.d_model, cfg.categorical_dim, len(sizes)
         self.mode = cfg.categorical_fusion
+        # the perceiver reads the ASV states too, not only the sample vector (so no sample cache)
+        self.reads_asv_states = self.mode == "perceiver"
         self.embeddings = CategoricalEmbeddings(sizes, k)
         if self.mode == "concat":
             self.mix = nn.Linear(d + n_cols * k, d)
@@ -101,12 +104,11 @@ class CategoricalFusion(nn.Module):
                 self.attention = nn.MultiheadAttention(d, n_heads, batch_first=True)
                 self.ln_inputs = nn.LayerNorm(d)
                 self.ln_latents = nn.LayerNorm(d)
-                from aam.models.model import Transformer  # the same pre-norm blocks as the encoders
-
+                # the same pre-norm blocks as the encoders
                 self.latent_transformer = Transformer(cfg.perceiver_layers, d, n_heads, cfg.ff_mult, cfg.dropout)
                 self.out = nn.Linear(d, d)
         else:
-            raise ValueError(f"categorical_fusion={self.mode!r}: expected concat, add, gmu, cross-attention or perceiver")
+            raise choice_error("categorical_fusion", self.mode)  # "off" builds no fusion at all
 
     def _tokens(self, embedded: torch.Tensor) -> torch.Tensor:
         return self.to_token(embedded) + self.column_embedding

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from aam.config import RunConfig
+from aam.models.layers import choice_error
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ class RegressionHead(nn.Module):
             self.body = MixtureOfExperts(d_in, cfg.head_hidden, n_outputs, cfg.head_dropout, cfg.moe_experts,
                                          router_categories)
         else:
-            raise ValueError(f"head={cfg.head!r}: expected linear, mlp, residual or moe")
+            raise choice_error("head", cfg.head)
         # per-category (1 + scale) and bias, both 0 at the start and for the unknown category
         self.affine = (
             nn.Embedding(affine_categories + 1, 2 * n_outputs, padding_idx=0) if affine_column is not None else None

@@ -1,20 +1,19 @@
-"""The AAM model in one file: nucleotides -> ASV vectors -> sample vector -> heads.
+"""The AAM model: nucleotides -> ASV vectors -> sample vector -> heads.
 
 Read it top to bottom:
 
-    Block            pre-norm transformer layer (fused SDPA attention with a key padding mask)
-    AttentionPool    learned-query pooling that never attends to padding
     mask_tokens      BERT-style masking of real nucleotides (seeded)
     ASVEncoder       nucleotide tokens [U, L] -> one vector per distinct ASV [U, D]
     count_features   what the count embedding and the count task read: log1p | relative
     CountEmbedding   the count feature into the ASV slots: add | concat | film
     SampleEncoder    ASV vectors scattered to slots [B, S, D] -> sample vector [B, D]
     ASVIdentity      a learned vector per ASV seen in training, keyed by sequence (optional)
-    AAM              the composition: encoders -> categorical fusion -> regression head, the
-                     self-supervised heads, and the pretrain -> fine-tune helpers
+    AAM              the composition: the encoders (`encode_samples`) -> categorical fusion ->
+                     regression head, the self-supervised tasks, and the pretrain -> fine-tune helpers
 
-The regression heads (linear, mlp, residual, mixture of experts) are in `heads.py`, the
-categorical fusions (concat, add, gmu, cross-attention, perceiver) in `categorical.py`.
+The transformer layers and attention pooling are in `layers.py`, the regression heads (linear,
+mlp, residual, mixture of experts) in `heads.py`, the categorical fusions (concat, add, gmu,
+cross-attention, perceiver) in `categorical.py`.
 
 The batch is made by `aam.data.collate.collate`:
 
@@ -40,118 +39,30 @@ the nucleotide transformer).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from aam.config import RunConfig
 from aam.data.collate import bucket_size
 from aam.data.sequences import MASK, PAD, VOCAB_SIZE
 from aam.models.categorical import CategoricalFusion
 from aam.models.heads import RegressionHead, TargetLayout
+from aam.models.layers import AttentionPool, Transformer, choice_error
 
 # Share of a batch's distinct ASVs that get a second, masked pass for the nucleotide task.
 NUCLEOTIDE_TASK_FRACTION = 0.25
 
-# Attention kernels allowed on a GPU, in torch's order of preference. cuDNN's is left out: it
-# builds an execution plan for every new input shape (~23 ms of host time per call on an H200,
-# 89% of a step, against 40-75 us of GPU time), and batch shapes change nearly every step. The
-# memory-efficient kernel takes the boolean padding mask; flash runs where there is no mask.
-CUDA_ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+# The state-dict keys of the encoders: what a pretrained run hands on (encoder_state_dict).
+ENCODER_PREFIXES = ("asv_encoder.", "sample_encoder.")
 
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-    """`scaled_dot_product_attention` with the backends above on CUDA (CPU: torch's choice)."""
-    if q.is_cuda:
-        with sdpa_kernel(CUDA_ATTENTION_BACKENDS):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 # --------------------------------------------------------------------------------------------
-# Building blocks
+# Random draws of the self-supervised tasks
 # --------------------------------------------------------------------------------------------
-class Block(nn.Module):
-    """Pre-norm transformer layer: x + Attn(LN(x)), then x + FF(LN(x))."""
-
-    def __init__(self, d_model: int, n_heads: int, ff_mult: int, dropout: float):
-        super().__init__()
-        self.n_heads = n_heads
-        self.ln1 = nn.LayerNorm(d_model)
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
-        self.ln2 = nn.LayerNorm(d_model)
-        self.ff = nn.Sequential(
-            nn.Linear(d_model, ff_mult * d_model),
-            nn.GELU(),
-            nn.Linear(ff_mult * d_model, d_model),
-        )
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        """x [N, L, D]; attn_mask [N, 1, 1, L] bool, True = may be attended to (None: all real)."""
-        n, length, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(n, length, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        y = attention(q, k, v, attn_mask)
-        y = y.transpose(1, 2).reshape(n, length, d)
-        x = x + self.drop(self.proj(y))
-        return x + self.drop(self.ff(self.ln2(x)))
-
-
-def key_padding_mask(mask: torch.Tensor) -> torch.Tensor | None:
-    """[N, L] real-position mask -> the SDPA mask, or None when nothing is padding (fastest kernel).
-
-    A row with no real position at all would make softmax divide by zero (NaN that then spreads
-    through the backward pass), so such a row may attend to its padding; its output is garbage
-    but finite and the pooling below drops it anyway.
-
-    On a GPU the mask is always returned: testing it for padding is a host synchronisation.
-    """
-    if not mask.is_cuda and bool(mask.all()):
-        return None
-    safe = mask | ~mask.any(dim=-1, keepdim=True)
-    return safe[:, None, None, :]
-
-
-class Transformer(nn.Module):
-    """A stack of Blocks and a final LayerNorm."""
-
-    def __init__(self, n_layers: int, d_model: int, n_heads: int, ff_mult: int, dropout: float):
-        super().__init__()
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, ff_mult, dropout) for _ in range(n_layers))
-        self.ln_f = nn.LayerNorm(d_model)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        attn_mask = key_padding_mask(mask)
-        for block in self.blocks:
-            x = block(x, attn_mask)
-        return self.ln_f(x)
-
-
-class AttentionPool(nn.Module):
-    """Weighted mean of the real positions; the weights come from a learned query.
-
-    score_i = <query, W_k x_i> / sqrt(D); padding gets -inf so it has exactly zero weight.
-    A row with no real position pools to zeros (not NaN).
-    """
-
-    def __init__(self, d_model: int):
-        super().__init__()
-        self.query = nn.Parameter(torch.zeros(d_model))
-        self.key = nn.Linear(d_model, d_model, bias=False)
-        self.value = nn.Linear(d_model, d_model)
-        self.ln = nn.LayerNorm(d_model)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [N, L, D], mask [N, L] True = real -> [N, D]."""
-        scores = (self.key(x) @ self.query) / math.sqrt(x.shape[-1])
-        scores = scores.float().masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
-        weights = torch.nan_to_num(weights, nan=0.0).to(x.dtype)  # all-padding rows: 0/0 -> 0
-        return self.ln(torch.einsum("nl,nld->nd", weights, self.value(x)))
-
-
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`x` (host draws of the seeded generator) on `device`. To a GPU through pinned memory and a
     non-blocking copy: a copy from pageable memory makes the host wait for the device first."""
@@ -245,7 +156,7 @@ def count_features(batch: dict, mode: str) -> torch.Tensor:
         depth = batch["depth"].float().clamp(min=1.0)
         counts = counts * (RELATIVE_READS / depth)[:, None]
     elif mode != "log1p":
-        raise ValueError(f"count_feature={mode!r}: expected log1p or relative")
+        raise choice_error("count_feature", mode)
     return torch.log1p(counts)
 
 
@@ -257,7 +168,12 @@ class CountEmbedding(nn.Module):
         add     x + MLP(features)
         concat  Linear([x, features]) back to D
         film    x * (1 + gamma(features)) + beta(features), starting as the identity
+    `off` is no module at all (`build` returns None): the encoder never sees counts.
     """
+
+    @classmethod
+    def build(cls, mode: str, d_model: int) -> "CountEmbedding | None":
+        return None if mode == "off" else cls(mode, d_model)
 
     def __init__(self, mode: str, d_model: int):
         super().__init__()
@@ -269,7 +185,7 @@ class CountEmbedding(nn.Module):
         elif mode == "film":
             self.mlp = nn.Sequential(nn.Linear(2, d_model), nn.GELU(), nn.Linear(d_model, 2 * d_model))
         else:
-            raise ValueError(f"count_embed={mode!r}: expected add, concat or film")
+            raise choice_error("count_embed", mode)
 
     def forward(self, x: torch.Tensor, log_counts: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         features = torch.stack([log_counts.masked_fill(hidden, 0.0), hidden.to(log_counts.dtype)], dim=-1)
@@ -351,7 +267,7 @@ class SampleEncoder(nn.Module):
     def __init__(self, cfg: RunConfig):
         super().__init__()
         d = cfg.d_model
-        self.count_embedding = CountEmbedding(cfg.count_embed, d) if cfg.count_embed != "off" else None
+        self.count_embedding = CountEmbedding.build(cfg.count_embed, d)
         self.drop = nn.Dropout(cfg.dropout)
         self.transformer = Transformer(cfg.sample_layers, d, cfg.n_heads, cfg.ff_mult, cfg.dropout)
         self.pool = AttentionPool(d)
@@ -369,6 +285,14 @@ class SampleEncoder(nn.Module):
 # --------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------
+class Encoded(NamedTuple):
+    """What `AAM.encode_samples` returns."""
+
+    samples: torch.Tensor  # [B, D] the sample vectors
+    slots: torch.Tensor | None  # [B, S, D] the ASV vectors in each sample's slots (None: from the sample cache)
+    slot_states: torch.Tensor | None  # [B, S, D] the sample transformer's states of those slots
+
+
 class AAM(nn.Module):
     """Attention All Microbes: a batch dict (see the module docstring) -> outputs dict.
 
@@ -377,13 +301,16 @@ class AAM(nn.Module):
     compute for nothing and, under DistributedDataParallel, a parameter without a gradient.
     """
 
-    def __init__(self, cfg: RunConfig, n_targets: int | list[str], token_width: int,
+    def __init__(self, cfg: RunConfig, targets: Sequence[str], token_width: int,
                  categoricals: dict[str, list[str]] | None = None, asv_vocabulary: list[str] | None = None):
-        """`n_targets`: the target names (or just how many); `categoricals`: every categorical
-        column of the dataset -> its categories, in the order of the batch's `categoricals`;
-        `asv_vocabulary`: the sequences of the ASVs seen in training (read with asv_identity)."""
+        """`targets`: the target names (none: a pretraining model, without a head); `categoricals`:
+        every categorical column of the dataset -> its categories, in the order of the batch's
+        `categoricals`; `asv_vocabulary`: the sequences of the ASVs seen in training (read with
+        asv_identity)."""
         super().__init__()
-        names = list(n_targets) if not isinstance(n_targets, int) else [f"target{t}" for t in range(n_targets)]
+        if isinstance(targets, (str, int)):
+            raise TypeError(f"targets={targets!r}: give the list of target names")
+        names = list(targets)
         categoricals = dict(categoricals or {})
         self.cfg = cfg
         self.n_targets = len(names)
@@ -487,95 +414,114 @@ class AAM(nn.Module):
         When count_embed is off the encoder never sees counts and every real slot is scored.
         Without hiding (eval, or mask_prob 0) a count embedding makes the count task trivial.
 
-        The targets and UniFrac always see the clean input. The self-supervised tasks corrupt
-        their own copies: masked nucleotides go through the ASV encoder again for a subset of
-        the batch's distinct ASVs, hidden counts through the (cheap) sample encoder again. A
-        single corrupted pass for everything made training-mode embeddings differ from
-        evaluation ones, and the BatchNorm before the head turned that shift into val errors
-        several times the target's range.
+        The targets and UniFrac always see the clean input (`encode_samples`). The self-supervised
+        tasks corrupt their own copies: masked nucleotides go through the ASV encoder again for a
+        subset of the batch's distinct ASVs, hidden counts through the (cheap) sample encoder
+        again. So the embeddings the head trains on are those it sees in evaluation: the
+        BatchNorm before it would turn any shift between the two into errors several times the
+        target's range.
         """
-        tokens, asv_index, asv_mask = batch["tokens"], batch["asv_index"], batch["asv_mask"]
-        out: dict[str, torch.Tensor] = {}
-        # sizes before the collate's shape buckets: the random draws below are made at these
-        # sizes, so a bucketed batch masks exactly what the same batch unbucketed would
-        bucketed = batch.get("bucketed_from")
-        real_rows, real_length = (bucketed["asv_rows"], bucketed["token_length"]) if bucketed else tokens.shape
-        real_slots = bucketed["slots"] if bucketed else asv_mask.shape[1]
-
         # with a frozen encoder the self-supervised tasks cannot teach it anything
         pretraining = not self.encoder_frozen
-        do_mask = mask_nucleotides and self.masks_nucleotides and pretraining
         log_counts = count_features(batch, self.cfg.count_feature)
-        no_hidden = torch.zeros_like(asv_mask)
-        if mask_counts is None:
-            mask_counts = mask_nucleotides
-        hide_counts = (
-            mask_counts and pretraining and self.count_head is not None
-            and self.sample_encoder.count_embedding is not None and self.cfg.mask_prob > 0
-        )
+        encoded = self.encode_samples(batch, log_counts, generator)
+        out: dict = {"sample_embedding": encoded.samples, **self._predict(batch, encoded)}
+        if mask_nucleotides and self.masks_nucleotides and pretraining:
+            out.update(self._nucleotide_task(batch, generator))
+        if self.count_head is not None and pretraining:
+            hide = (mask_nucleotides if mask_counts is None else mask_counts) and self.reads_counts
+            out.update(self._count_task(batch, encoded, log_counts, hide and self.cfg.mask_prob > 0, generator))
+        return out
 
+    def encode_samples(self, batch: dict, log_counts: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> "Encoded":
+        """The encoders on the clean input: the sample vectors [B, D] from the microbes alone.
+
+        What `forward` gives the heads and UniFrac, and what the frozen-encoder cache holds
+        (aam.training.prepare). The ASV vectors come from the ASV cache when one is set, the
+        sample vectors from the sample cache when it holds every sample of the batch (then
+        neither transformer runs and `slots`, `slot_states` are None).
+        """
+        if log_counts is None:
+            log_counts = count_features(batch, self.cfg.count_feature)
         # a frozen encoder needs no autograd graph: cheaper in time and memory
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
             cached = self._cached_samples(batch)
-            if cached is not None:  # neither transformer runs
-                sample_vec, slot_states = cached, None
+            if cached is not None:
+                return Encoded(cached, None, None)
+            if self.asv_cache is not None and "asv_ids" in batch:
+                asv_vectors = self.asv_cache[batch["asv_ids"]]  # the nucleotide transformer never runs
             else:
-                if self.asv_cache is not None and "asv_ids" in batch:
-                    asv_vectors = self.asv_cache[batch["asv_ids"]]  # the nucleotide transformer never runs
-                else:
-                    asv_vectors, _ = self.asv_encoder(tokens)  # each distinct ASV once
-                if self.asv_identity is not None:
-                    asv_vectors = self.asv_identity(asv_vectors, batch["asv_ids"], generator)
-                slots = asv_vectors[asv_index]  # [B, S, D]: scatter to the samples that hold them
-                sample_vec, slot_states = self.sample_encoder(slots, asv_mask, log_counts, no_hidden)
-                if self.asv_identity is not None and self.asv_identity.bag is not None:
-                    sample_vec = sample_vec + self.asv_identity.pool(batch["all_asvs"], batch["all_shares"],
-                                                                     generator).to(sample_vec.dtype)
+                asv_vectors, _ = self.asv_encoder(batch["tokens"])  # each distinct ASV once
+            if self.asv_identity is not None:
+                asv_vectors = self.asv_identity(asv_vectors, batch["asv_ids"], generator)
+            slots = asv_vectors[batch["asv_index"]]  # [B, S, D]: scatter to the samples that hold them
+            asv_mask = batch["asv_mask"]
+            samples, slot_states = self.sample_encoder(slots, asv_mask, log_counts, torch.zeros_like(asv_mask))
+            if self.asv_identity is not None and self.asv_identity.bag is not None:
+                samples = samples + self.asv_identity.pool(batch["all_asvs"], batch["all_shares"],
+                                                           generator).to(samples.dtype)
+        return Encoded(samples, slots, slot_states)
 
-        out["sample_embedding"] = sample_vec
-        diagnostics: dict[str, torch.Tensor] = {}
-        if self.head is not None:
-            codes = batch.get("categoricals")
-            fused = sample_vec
-            if self.fusion is not None:
-                fused, diagnostics = self.fusion(sample_vec, codes[:, self.fusion_columns], slot_states, asv_mask)
-            raw, head_diagnostics = self.head(fused, codes)
-            diagnostics.update(head_diagnostics)
-            out["raw_prediction"] = raw
-            out["layout"] = self.layout
-            out["prediction"] = self.layout.point(raw)
-            if self.layout.quantile_targets:
-                out["quantiles"] = self.layout.quantile_outputs(raw)
-        else:
-            out["prediction"] = sample_vec.new_zeros(sample_vec.shape[0], 0)
-        out["diagnostics"] = diagnostics
-        if do_mask:
-            n_rows = real_rows  # never a bucket's padding row
-            n_pick = max(1, math.ceil(NUCLEOTIDE_TASK_FRACTION * n_rows))
-            pick = to_device(torch.randperm(n_rows, generator=generator)[:n_pick], tokens.device)
-            labels = tokens[pick][:, :real_length]
-            corrupted, masked = mask_tokens(labels, self.cfg.mask_prob, generator)
-            if bucketed:  # the second pass on bucketed shapes too: padding rows and positions
-                corrupted = F.pad(corrupted, (0, tokens.shape[1] - real_length, 0, bucket_size(n_pick) - n_pick),
-                                  value=PAD)
-            _, nucleotide_states = self.asv_encoder(corrupted)
-            nucleotide_states = nucleotide_states[:n_pick]
-            u, length = masked.shape
-            letters = self.nucleotide_head(nucleotide_states).reshape(u, -1, VOCAB_SIZE)[:, :length]
-            out["nucleotide_logits"] = letters[masked]
-            out["nucleotide_labels"] = labels[masked]
-        if self.count_head is not None and pretraining:
-            # With count_embed off the encoder never saw the counts and every real slot is scored;
-            # with a count embedding, the hidden slots of a second sample-encoder pass are.
-            count_mask = asv_mask
-            if hide_counts:
-                drawn = uniform((asv_mask.shape[0], real_slots), generator, asv_mask.device) < self.cfg.mask_prob
-                count_mask = F.pad(drawn, (0, asv_mask.shape[1] - real_slots), value=False) & asv_mask
-                _, slot_states = self.sample_encoder(slots, asv_mask, log_counts, count_mask)
-            out["count_prediction"] = self.count_head(slot_states).squeeze(-1).masked_fill(~asv_mask, 0.0)
-            out["count_target"] = log_counts
-            out["count_mask"] = count_mask
-        return out
+    def _predict(self, batch: dict, encoded: "Encoded") -> dict:
+        """The regression head's outputs on the fused sample vector, and the diagnostics."""
+        samples = encoded.samples
+        if self.head is None:
+            return {"prediction": samples.new_zeros(samples.shape[0], 0), "diagnostics": {}}
+        codes = batch.get("categoricals")
+        fused, diagnostics = samples, {}
+        if self.fusion is not None:
+            fused, diagnostics = self.fusion(samples, codes[:, self.fusion_columns], encoded.slot_states,
+                                             batch["asv_mask"])
+        raw, head_diagnostics = self.head(fused, codes)
+        diagnostics.update(head_diagnostics)
+        out = {"raw_prediction": raw, "layout": self.layout, "prediction": self.layout.point(raw)}
+        if self.layout.quantile_targets:
+            out["quantiles"] = self.layout.quantile_outputs(raw)
+        return {**out, "diagnostics": diagnostics}
+
+    def _nucleotide_task(self, batch: dict, generator: torch.Generator | None) -> dict:
+        """Masked nucleotides of a share of the batch's distinct ASVs, through the ASV encoder again."""
+        tokens = batch["tokens"]
+        # sizes before the collate's shape buckets: the random draws are made at these sizes, so
+        # a bucketed batch masks exactly what the same batch unbucketed would
+        bucketed = batch.get("bucketed_from")
+        n_rows, real_length = (bucketed["asv_rows"], bucketed["token_length"]) if bucketed else tokens.shape
+        n_pick = max(1, math.ceil(NUCLEOTIDE_TASK_FRACTION * n_rows))  # never a bucket's padding row
+        pick = to_device(torch.randperm(n_rows, generator=generator)[:n_pick], tokens.device)
+        labels = tokens[pick][:, :real_length]
+        corrupted, masked = mask_tokens(labels, self.cfg.mask_prob, generator)
+        if bucketed:  # the second pass on bucketed shapes too: padding rows and positions
+            corrupted = F.pad(corrupted, (0, tokens.shape[1] - real_length, 0, bucket_size(n_pick) - n_pick),
+                              value=PAD)
+        _, nucleotide_states = self.asv_encoder(corrupted)
+        u, length = masked.shape
+        letters = self.nucleotide_head(nucleotide_states[:n_pick]).reshape(u, -1, VOCAB_SIZE)[:, :length]
+        return {"nucleotide_logits": letters[masked], "nucleotide_labels": labels[masked]}
+
+    def _count_task(self, batch: dict, encoded: "Encoded", log_counts: torch.Tensor, hide: bool,
+                    generator: torch.Generator | None) -> dict:
+        """The count feature of every slot predicted from its state. Without `hide` every real slot
+        is scored (with count_embed off the encoder never saw the counts); with it, a share
+        mask_prob of the slots is hidden from a second sample-encoder pass and only those are."""
+        asv_mask = batch["asv_mask"]
+        count_mask, slot_states = asv_mask, encoded.slot_states
+        if hide:
+            bucketed = batch.get("bucketed_from")
+            real_slots = bucketed["slots"] if bucketed else asv_mask.shape[1]
+            drawn = uniform((asv_mask.shape[0], real_slots), generator, asv_mask.device) < self.cfg.mask_prob
+            count_mask = F.pad(drawn, (0, asv_mask.shape[1] - real_slots), value=False) & asv_mask
+            _, slot_states = self.sample_encoder(encoded.slots, asv_mask, log_counts, count_mask)
+        return {
+            "count_prediction": self.count_head(slot_states).squeeze(-1).masked_fill(~asv_mask, 0.0),
+            "count_target": log_counts,
+            "count_mask": count_mask,
+        }
+
+    @property
+    def reads_counts(self) -> bool:
+        """Whether the sample encoder reads the count feature (count_embed is not off)."""
+        return self.sample_encoder.count_embedding is not None
 
     def compile_transformers(self) -> None:
         """torch.compile every transformer stack (the encoders', the perceiver's): nearly all of a
@@ -587,29 +533,29 @@ class AAM(nn.Module):
                 module.compile()
 
     # --- pretrain -> fine-tune ---------------------------------------------------------------
-    def encoder_parameters(self):
-        """Parameters of the ASV and sample encoders (count embedding included)."""
-        yield from self.asv_encoder.parameters()
-        yield from self.sample_encoder.parameters()
-
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
         """The encoders' weights, keyed as in `state_dict()` ("asv_encoder.…", "sample_encoder.…")."""
-        return {k: v for k, v in self.state_dict().items() if k.startswith(("asv_encoder.", "sample_encoder."))}
+        return {k: v for k, v in self.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
+
+    def encoder_mismatches(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """The encoder keys of `state` (another model's state dict) that this model lacks or holds
+        in another shape: empty when its encoders fit this one."""
+        own = self.encoder_state_dict()
+        encoder = {k: v for k, v in state.items() if k.startswith(ENCODER_PREFIXES)}
+        return [k for k, v in encoder.items() if k not in own or own[k].shape != v.shape]
 
     def load_encoder_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load `encoder_state_dict()` of another model with the same encoder settings (strict)."""
-        own = self.encoder_state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-        if missing or unexpected or wrong:
-            first = (missing or unexpected or wrong)[0]
+        """Load the encoders' weights of another model (its `state_dict()` or `encoder_state_dict()`;
+        other keys are ignored). Every encoder key of `state` must fit (`encoder_mismatches`); an
+        encoder part this model has and `state` lacks keeps its own weights."""
+        mismatched = self.encoder_mismatches(state)
+        if mismatched:
             raise ValueError(
-                f"encoder weights do not fit this model ({len(missing)} missing, {len(unexpected)} "
-                f"unexpected, {len(wrong)} of another shape; first: {first}); use the same d_model, "
-                "layers, ff_mult, count_embed and token width as the pretrained run"
+                f"encoder weights do not fit this model ({len(mismatched)} keys missing here or of another "
+                f"shape; first: {mismatched[0]}); use the same d_model, layers, ff_mult, count_embed and "
+                "token width as the pretrained run"
             )
-        self.load_state_dict(state, strict=False)
+        self.load_state_dict({k: v for k, v in state.items() if k.startswith(ENCODER_PREFIXES)}, strict=False)
 
     def freeze_encoder(self) -> None:
         """Fix the encoders: no gradients, dropout off (kept off by `train()`).
@@ -642,13 +588,18 @@ class AAM(nn.Module):
             raise ValueError("an ASV-vector cache needs a frozen encoder (freeze_encoder)")
         self.asv_cache = vectors.to(next(self.parameters()).device)
 
+    @property
+    def sample_cache_exact(self) -> bool:
+        """Whether a sample-vector cache gives exactly this model's outputs: its encoders are frozen
+        (so they run in eval mode on clean counts) and no fusion reads the ASV states besides the
+        sample vector (the perceiver does)."""
+        return self.encoder_frozen and not (self.fusion is not None and self.fusion.reads_asv_states)
+
     def use_sample_cache(self, sample_ids: list[str], vectors: torch.Tensor) -> None:
         """Read the sample vectors of these samples from `vectors` [n, D] instead of running either
-        encoder (frozen encoders only; a sample not listed is encoded as usual). Exact because a
-        frozen encoder runs in eval mode on clean counts. The perceiver fusion reads the ASV states
-        as well, so it cannot use this."""
-        if not self.encoder_frozen or self.cfg.categorical_fusion == "perceiver":
-            raise ValueError("a sample-vector cache needs frozen encoders and no perceiver fusion")
+        encoder (a sample not listed is encoded as usual); only where `sample_cache_exact`."""
+        if not self.sample_cache_exact:
+            raise ValueError("a sample-vector cache needs frozen encoders and no fusion that reads the ASV states")
         self.sample_rows = {s: i for i, s in enumerate(sample_ids)}
         self.sample_cache = vectors.to(next(self.parameters()).device)
 

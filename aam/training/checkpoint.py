@@ -98,14 +98,12 @@ def load_model(path: str | Path) -> ModelBundle:
     )
 
 
-def load_encoder_weights(model, source: str | Path) -> dict:
-    """Copy the ASV and sample encoders of a trained run into `model`; returns the source config."""
-    payload = read_payload(source)
+def load_encoder_weights(model, source: str | Path, payload: dict | None = None) -> dict:
+    """Copy the ASV and sample encoders of a trained run into `model` (an AAM); returns the source
+    config. `payload`: the run's `read_payload`, when the caller has read it already."""
+    payload = payload if payload is not None else read_payload(source)
     source_cfg = payload["config"]
-    prefixes = ("asv_encoder.", "sample_encoder.")
-    encoder = {k: v for k, v in payload["state_dict"].items() if k.startswith(prefixes)}
-    own = model.state_dict()
-    mismatched = [k for k, v in encoder.items() if k not in own or own[k].shape != v.shape]
+    mismatched = model.encoder_mismatches(payload["state_dict"])
     if mismatched:
         shape = ", ".join(f"{k}={source_cfg[k]}" for k in ("d_model", "asv_layers", "sample_layers", "count_embed"))
         raise AamUserError(
@@ -113,15 +111,15 @@ def load_encoder_weights(model, source: str | Path) -> dict:
             f"(first mismatch: {mismatched[0]}); use the same encoder settings"
         )
     # runs from before the option existed read log1p
-    check_count_feature(model.cfg, source, source_cfg.get("count_feature", "log1p"))
-    model.load_state_dict(encoder, strict=False)
+    check_count_feature(model, source, source_cfg.get("count_feature", "log1p"))
+    model.load_encoder_state_dict(payload["state_dict"])
     return source_cfg
 
 
-def check_count_feature(cfg, source: str | Path, source_feature: str) -> None:
+def check_count_feature(model, source: str | Path, source_feature: str) -> None:
     """A pretrained encoder fed counts on another scale than it learned is refused, naming both."""
-    if cfg.count_embed != "off" and source_feature != cfg.count_feature:
+    if model.reads_counts and source_feature != model.cfg.count_feature:
         raise AamUserError(
             f"pretrained_encoder={source}: its encoder read count_feature={source_feature}, this run "
-            f"count_feature={cfg.count_feature}; use the same count_feature"
+            f"count_feature={model.cfg.count_feature}; use the same count_feature"
         )

@@ -81,7 +81,7 @@ def model_member(name: str, folder: Path, bundle, rows: dict, spec) -> Member:
     """A trained run's (`bundle`, loaded from `folder`) predictions for the val and test rows."""
     import torch
 
-    from aam.training.loop import predict_rows
+    from aam.training.evaluation import predict_rows
 
     preds = {split: predict_rows(bundle.model, rows[split], spec, torch.device("cpu")).predicted for split in rows}
     return Member(name, "model", Path(folder), preds["val"], preds["test"])

@@ -1,26 +1,28 @@
 """The one training loop: every entry point (Ray Train workers, an in-process Tune trial, tests)
-runs `fit` unchanged. What differs between them is a `Session`: where this worker's training
-rows come from, how metrics and checkpoints are reported, and what to resume from.
+runs `fit` unchanged. What differs between them is a `Session` (aam.training.session): where
+this worker's training rows come from, how metrics and checkpoints are reported, and what to
+resume from.
 
-Per epoch: train on this worker's shard -> rank 0 evaluates the whole val split on the
-original target scale -> rank 0 writes a checkpoint folder (best model, resumable state,
-predictions, TensorBoard events) -> every worker reports (a barrier under Ray Train).
-At the end the best epoch's weights predict the test split, which is never used for selection.
+`fit` reads as its steps: `_setup` (model, optimizer, schedule, resumed state) -> per epoch
+`_train_epoch` on this worker's shard -> `_evaluate_epoch`: rank 0 evaluates the whole val split
+on the original target scale and keeps the best epoch's model -> `_save_epoch`: rank 0 writes the
+checkpoint folder (best model, resumable state, predictions, TensorBoard events) -> every worker
+reports (a barrier under Ray Train). At the last epoch the best epoch's weights predict the test
+split, which is never used for selection. The run's files are built in a work folder that is
+removed when `fit` returns or raises; the session keeps its own copy of what was reported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import shutil
 import sys
 import time
-import contextlib
-import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -28,103 +30,22 @@ import torch
 
 from aam._files import load_torch, remove_work_folder, save_torch, work_folder
 from aam.config import RunConfig
-from aam.data.collate import BatchSpec, category_codes, collate, move_to, raw_targets
-from aam.data.transforms import TargetTransform
+from aam.data.collate import BatchSpec, collate, move_to
 from aam.errors import AamUserError
 from aam.training import artifacts
 from aam.training.checkpoint import MODEL_FILE, STATE_FILE, load_encoder_weights, model_payload
+from aam.training.evaluation import evaluate, recalibrate_batchnorm
 from aam.training.losses import total_loss
-from aam.training.metrics import regression_metrics
-from aam.training.optim import group_lrs, make_optimizer, set_peak_lr, warmup_cosine
+from aam.training.optim import group_lrs, make_optimizer, warmup_cosine
+from aam.training.resume import checkpoint_resume_state, resume_state, restore_training, unpack_files
+from aam.training.session import Session, StaticData
 
+if TYPE_CHECKING:
+    from aam.models import AAM
 
-@dataclass
-class StaticData:
-    """What every worker needs besides its shard of training rows (small; shipped once)."""
-
-    tokens: np.ndarray
-    token_width: int
-    targets: list[str]
-    categoricals: dict[str, list[str]]
-    unifrac: np.ndarray | None
-    transform: TargetTransform | None
-    eval_rows: dict[str, pa.Table]  # "val", "test": whole splits, evaluated on rank 0
-    calibration_rows: pa.Table  # a fixed sample of training rows to re-estimate BatchNorm statistics
-    sample_lists: dict[str, list[str]]  # split -> sample ids, written beside the run
-    n_train: int
-    dataset_path: str = ""
-    # with a frozen pretrained encoder: every ASV vector of the dataset, computed once and shared
-    # by every epoch, worker and trial (see prepare.encode_asvs)
-    asv_vectors: np.ndarray | None = None
-    # and every sample's vector from the frozen sample encoder at `cache_token_limit` (a trial that
-    # searches token_limit, or uses the perceiver fusion, falls back to the ASV vectors)
-    sample_ids: list[str] = field(default_factory=list)
-    sample_vectors: np.ndarray | None = None
-    cache_token_limit: int = 0
-    cache_min_abundance: float = 0.0
-    # the sequence of every ASV of the dataset (its ASV index order) and the indices of those in
-    # the training rows: the vocabulary of asv_identity
-    asv_sequences: list[str] = field(default_factory=list)
-    train_asv_idx: np.ndarray | None = None
-
-    def asv_vocabulary(self) -> list[str]:
-        return [self.asv_sequences[i] for i in self.train_asv_idx]
-
-
-class Session:
-    """The plain, single-process session: shuffles the training rows itself."""
-
-    rank = 0
-    world_size = 1
-    verbose = True  # print a line per epoch (a Tune trial leaves that to the driver)
-
-    def __init__(self, train_rows: pa.Table, seed: int, restore: dict | None = None, verbose: bool = True):
-        self.train_rows = train_rows
-        self.seed = seed
-        self._restore = restore
-        self.verbose = verbose
-        self.reports: list[dict] = []
-        self.last_checkpoint: Path | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model
-
-    def shard_size(self) -> int:
-        return self.train_rows.num_rows
-
-    def epoch_rows(self, epoch: int) -> pa.Table:
-        """This worker's training rows for one epoch, in a fixed order."""
-        return self.train_rows
-
-    def train_batches(self, epoch: int, batch_size: int) -> Iterator[pa.Table]:
-        # the same seeded permutation on every path, so a run gives the same model in-process,
-        # in a Tune trial and on one Ray Train worker (best-of retraining lands on the trial)
-        rows = self.epoch_rows(epoch)
-        order = np.random.default_rng([self.seed, epoch, self.rank]).permutation(rows.num_rows)
-        for start in range(0, len(order), batch_size):
-            yield rows.take(order[start : start + batch_size])
-
-    def restore_state(self) -> dict | None:
-        return self._restore
-
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        self.reports.append(metrics)
-        if checkpoint_dir is not None:
-            if self.last_checkpoint is None:
-                # a folder of its own, made only when a checkpoint is kept, and removed when the
-                # process ends: the caller reads it after `fit` returns, never after exit
-                self.last_checkpoint = work_folder("aam-ckpt-") / "latest"
-            dest = self.last_checkpoint
-            if dest.exists():
-                shutil.rmtree(dest)
-            shutil.copytree(checkpoint_dir, dest)
-
-    def all_gather_embeddings(self, embeddings, rows, pad_to: int):
-        return None
+# `checkpoint_resume_state` and `resume_state` are imported from here by aam.distributed and
+# aam.cli.train; their home is aam.training.resume
+__all__ = ["Session", "StaticData", "build_model", "checkpoint_resume_state", "fit", "resume_state"]
 
 
 def mixed_precision(cfg: RunConfig, device: torch.device):
@@ -191,27 +112,65 @@ def collate_for(spec: BatchSpec, device: torch.device) -> Callable[[pa.Table], d
 
 @dataclass
 class _Best:
+    """The best epoch so far by the val score (-1: none yet), its score and its metrics."""
+
     epoch: int = -1
     score: float = math.inf
     metrics: dict = field(default_factory=dict)
 
 
+@dataclass
+class _Run:
+    """Everything one `fit` holds from epoch to epoch (made by `_setup`)."""
+
+    cfg: RunConfig
+    static: StaticData
+    session: Session
+    workdir: Path  # the run's files are built here and reported from here
+    device: torch.device
+    model: AAM  # what the optimizer, the EMA and state.pt read
+    trained: torch.nn.Module  # what the training step calls: `model`, or the session's wrapper of it (DDP)
+    evaluated: torch.nn.Module  # what validation, test and model.pt use: the EMA average, else `model`
+    ema: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    spec: BatchSpec
+    unifrac: torch.Tensor | None
+    masking: torch.Generator  # the nucleotide and count masks of this rank
+    writer: object = None  # TensorBoard (rank 0)
+    best: _Best = field(default_factory=_Best)
+    history: list = field(default_factory=list)
+    start_epoch: int = 0
+
+
 def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
     """Train per `cfg`; returns the final metrics (rank 0; other ranks return {})."""
-    # the run's files are built in a work folder and reported from there; it goes when the run
-    # ends, however it ends (the session keeps its own copy of what it reported)
     workdir = work_folder("aam-run-")
+    run = None
     try:
-        return _fit(cfg, static, session, workdir)
+        run = _setup(cfg, static, session, workdir)
+        final: dict = {}
+        for epoch in range(run.start_epoch, cfg.epochs):
+            started = time.perf_counter()
+            metrics = {"epoch": epoch + 1, **_train_epoch(run, epoch)}
+            checkpoint_dir = None
+            if session.rank == 0:
+                _evaluate_epoch(run, epoch, metrics, started)
+                _save_epoch(run, epoch, metrics)
+                checkpoint_dir, final = str(workdir), metrics
+            session.report(metrics, checkpoint_dir)
+        return final
     finally:
+        if run is not None and run.writer is not None:
+            run.writer.close()
         remove_work_folder(workdir)
 
 
-def _fit(cfg: RunConfig, static: StaticData, session: Session, workdir: Path) -> dict:
+def build_model(cfg: RunConfig, static: StaticData) -> AAM:
+    """The model `fit` trains, on the host: a new AAM for the dataset, with the pretrained encoders
+    (frozen, and reading the frozen-encoder caches of `static`) when `cfg` asks for them."""
     from aam.models import AAM
 
-    torch.manual_seed(cfg.seed)
-    device = session.device
     model = AAM(cfg, static.targets, static.token_width, static.categoricals,
                 asv_vocabulary=static.asv_vocabulary() if cfg.asv_identity else None)
     if model.asv_identity is not None:
@@ -223,123 +182,162 @@ def _fit(cfg: RunConfig, static: StaticData, session: Session, workdir: Path) ->
             if cfg.cache_asv_vectors and static.asv_vectors is not None:
                 model.use_asv_cache(torch.from_numpy(np.array(static.asv_vectors)))
                 if (static.sample_vectors is not None and static.cache_token_limit == cfg.token_limit
-                        and static.cache_min_abundance == cfg.min_abundance
-                        and cfg.categorical_fusion != "perceiver"):
+                        and static.cache_min_abundance == cfg.min_abundance and model.sample_cache_exact):
                     model.use_sample_cache(static.sample_ids, torch.from_numpy(np.array(static.sample_vectors)))
-    model.to(device)
+    return model
+
+
+def _setup(cfg: RunConfig, static: StaticData, session: Session, workdir: Path) -> _Run:
+    """The model on this worker's device, its optimizer, schedule and EMA, and the resumed state."""
+    torch.manual_seed(cfg.seed)
+    device = session.device
+    model = build_model(cfg, static).to(device)
     if compiles(cfg, device):
         model.compile_transformers()
-    core = model
-    model = session.prepare_model(model)
-    optimizer = make_optimizer(core, cfg)
-    ema = weight_average(core, cfg)
-    evaluated = ema.module if ema is not None else core  # what validation, test and model.pt use
+    trained = session.prepare_model(model)
+    optimizer = make_optimizer(model, cfg)
+    ema = weight_average(model, cfg)
     steps_per_epoch = max(math.ceil(session.shard_size() / cfg.batch_size), 1)
-    scheduler = warmup_cosine(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_frac)
-    spec = batch_spec(cfg, static, device)
-    # a copy: arrays from Ray's object store are read-only
-    unifrac = torch.tensor(static.unifrac, device=device) if static.unifrac is not None else None
-    masking = torch.Generator().manual_seed(cfg.seed * 7919 + session.rank)
-
-    best, history, start_epoch = _Best(), [], 0
+    run = _Run(
+        cfg, static, session, workdir, device, model, trained,
+        evaluated=ema.module if ema is not None else model, ema=ema, optimizer=optimizer,
+        scheduler=warmup_cosine(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_frac),
+        spec=batch_spec(cfg, static, device),
+        # a copy: arrays from Ray's object store are read-only
+        unifrac=torch.tensor(static.unifrac, device=device) if static.unifrac is not None else None,
+        masking=torch.Generator().manual_seed(cfg.seed * 7919 + session.rank),
+    )
     state = session.restore_state()
     if state is not None:
-        start_epoch = _restore(state, core, optimizer, scheduler, masking, cfg, best, history, session.rank)
+        run.start_epoch = restore_training(state, model, optimizer, run.scheduler, run.masking, cfg, run.best,
+                                           run.history, session.rank)
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         if state.get("workdir_files"):
-            _unpack_files(state["workdir_files"], workdir)
-    writer = _tensorboard(workdir) if session.rank == 0 else None
+            unpack_files(state["workdir_files"], workdir)
     if session.rank == 0:
+        run.writer = _tensorboard(workdir)
         _write_static_files(workdir, cfg, static)
+    return run
 
-    final: dict = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        started = time.perf_counter()
-        model.train()
-        # summed on the device (in float64, as Python floats were) and read once after the epoch:
-        # reading a loss each step would make the host wait for the device every step
-        sums: dict[str, torch.Tensor] = {}
-        steps = 0
-        finite = FiniteLossCheck(epoch + 1)
-        for rows, collated in prefetched(session.train_batches(epoch, cfg.batch_size), collate_for(spec, device)):
-            if rows.num_rows < 2:  # a lone last sample: BatchNorm needs two (shards are equal, so all ranks skip)
-                continue
-            batch = move_to(collated, device)
-            with mixed_precision(cfg, device):
-                outputs = model(batch, mask_nucleotides=True, generator=masking)
-                gathered = None
-                if unifrac is not None and cfg.unifrac_weight > 0:
-                    gathered = session.all_gather_embeddings(
-                        outputs["sample_embedding"], batch["unifrac_row"], cfg.batch_size
-                    )
-                loss, parts = total_loss(outputs, batch, cfg, unifrac, gathered)
-            finite.step(loss, steps)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(core)
-            steps += 1
-            sums["loss"] = sums.get("loss", 0.0) + loss.detach().double()
-            for name, value in parts.items():
-                sums[name] = sums.get(name, 0.0) + value.double()
-        finite.check()
-        metrics = {"epoch": epoch + 1, **group_lrs(optimizer)}
-        metrics.update({f"train_{k}": float(v) / max(steps, 1) for k, v in sums.items()})
 
-        checkpoint_dir = None
-        if session.rank == 0:
-            recalibrate_batchnorm(evaluated, static.calibration_rows, spec, device)
-            val = evaluate(evaluated, static.eval_rows["val"], spec, cfg, unifrac, device)
-            metrics.update({f"val_{k}": v for k, v in val.metrics.items()})
-            score = val.metrics["mae"] if static.targets else val.metrics["loss"]
-            # a final fit on train+val has nothing held out to select by: the last epoch is kept
-            if score < best.score or best.epoch < 0 or cfg.train_on_val:
-                best.epoch, best.score = epoch + 1, score
-                save_torch(
-                    model_payload(evaluated, cfg, static.transform, static.targets, static.categoricals,
-                                  static.token_width, metrics, best.epoch),
-                    workdir / MODEL_FILE,
+def _train_epoch(run: _Run, epoch: int) -> dict:
+    """One pass over this worker's shard: the learning rates, and each loss part's mean per step."""
+    cfg, device = run.cfg, run.device
+    run.trained.train()
+    # summed on the device in float64 (a Python float's precision) and read once after the epoch:
+    # reading a loss each step would make the host wait for the device every step
+    sums: dict[str, torch.Tensor] = {}
+    steps = 0
+    finite = FiniteLossCheck(epoch + 1)
+    batches = run.session.train_batches(epoch, cfg.batch_size)
+    for rows, collated in prefetched(batches, collate_for(run.spec, device)):
+        if rows.num_rows < 2:  # a lone last sample: BatchNorm needs two (shards are equal, so all ranks skip)
+            continue
+        batch = move_to(collated, device)
+        with mixed_precision(cfg, device):
+            outputs = run.trained(batch, mask_nucleotides=True, generator=run.masking)
+            gathered = None
+            if run.unifrac is not None and cfg.unifrac_weight > 0:
+                gathered = run.session.all_gather_embeddings(
+                    outputs["sample_embedding"], batch["unifrac_row"], cfg.batch_size
                 )
-                if static.targets:
-                    artifacts.write_tsv(val.frame(static.targets, best.epoch), workdir / "val_predictions.tsv")
-            metrics["best_epoch"] = best.epoch
-            metrics["best_val_score"] = best.score
-            metrics["epoch_seconds"] = time.perf_counter() - started
-            last = epoch + 1 == cfg.epochs
-            if last:
-                metrics.update(_finish(workdir, evaluated, static, spec, cfg, unifrac, device, writer, best))
-            best.metrics = metrics if best.epoch == epoch + 1 else best.metrics
-            history.append(metrics)
-            _log_epoch(writer, metrics, cfg.epochs, session.verbose)
-            (workdir / "metrics.json").write_text(json.dumps({"history": history, "best_epoch": best.epoch}, indent=1))
-            save_torch(
-                {
-                    "epoch": epoch + 1,
-                    "model": core.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "best": {"epoch": best.epoch, "score": best.score, "metrics": best.metrics},
-                    "history": history,
-                    "config": cfg.to_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "masking_rng": masking.get_state(),
-                },
-                workdir / STATE_FILE,
-            )
-            if writer is not None:
-                writer.flush()
-            checkpoint_dir = str(workdir)
-            final = metrics
-        session.report(metrics, checkpoint_dir)
-    if writer is not None:
-        writer.close()
-    return final
+            loss, parts = total_loss(outputs, batch, cfg, run.unifrac, gathered)
+        finite.step(loss, steps)
+        _optimizer_step(run, loss)
+        steps += 1
+        sums["loss"] = sums.get("loss", 0.0) + loss.detach().double()
+        for name, value in parts.items():
+            sums[name] = sums.get(name, 0.0) + value.double()
+    finite.check()
+    return {**group_lrs(run.optimizer), **{f"train_{k}": float(v) / max(steps, 1) for k, v in sums.items()}}
+
+
+def _optimizer_step(run: _Run, loss: torch.Tensor) -> None:
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update_parameters(run.model)
+
+
+def _evaluate_epoch(run: _Run, epoch: int, metrics: dict, started: float) -> None:
+    """Rank 0: score the val split into `metrics`; keep this epoch's model when it is the best so
+    far (model.pt, val predictions); at the last epoch, score the best one on test."""
+    cfg, static = run.cfg, run.static
+    recalibrate_batchnorm(run.evaluated, static.calibration_rows, run.spec, run.device)
+    val = evaluate(run.evaluated, static.eval_rows["val"], run.spec, cfg, run.unifrac, run.device)
+    metrics.update({f"val_{k}": v for k, v in val.metrics.items()})
+    score = val.metrics["mae"] if static.targets else val.metrics["loss"]
+    best = run.best
+    # a final fit on train+val has nothing held out to select by: the last epoch is kept
+    if score < best.score or best.epoch < 0 or cfg.train_on_val:
+        best.epoch, best.score = epoch + 1, score
+        save_torch(
+            model_payload(run.evaluated, cfg, static.transform, static.targets, static.categoricals,
+                          static.token_width, metrics, best.epoch),
+            run.workdir / MODEL_FILE,
+        )
+        if static.targets:
+            artifacts.write_tsv(val.frame(static.targets, best.epoch), run.workdir / "val_predictions.tsv")
+    metrics["best_epoch"] = best.epoch
+    metrics["best_val_score"] = best.score
+    metrics["epoch_seconds"] = time.perf_counter() - started
+    if epoch + 1 == cfg.epochs:
+        metrics.update(_test_best_epoch(run))
+    if best.epoch == epoch + 1:
+        best.metrics = metrics
+
+
+def _save_epoch(run: _Run, epoch: int, metrics: dict) -> None:
+    """Rank 0: log the epoch and write what resuming reads (metrics.json, state.pt)."""
+    run.history.append(metrics)
+    _log_epoch(run.writer, metrics, run.cfg.epochs, run.session.verbose)
+    best = run.best
+    summary = {"history": run.history, "best_epoch": best.epoch}
+    (run.workdir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    save_torch(
+        {
+            "epoch": epoch + 1,
+            "model": run.model.state_dict(),
+            "ema": run.ema.state_dict() if run.ema is not None else None,
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "best": {"epoch": best.epoch, "score": best.score, "metrics": best.metrics},
+            "history": run.history,
+            "config": run.cfg.to_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "masking_rng": run.masking.get_state(),
+        },
+        run.workdir / STATE_FILE,
+    )
+    if run.writer is not None:
+        run.writer.flush()
+
+
+def _test_best_epoch(run: _Run) -> dict:
+    """Score the best epoch's weights on the test split; write its predictions and figures."""
+    static, workdir, model = run.static, run.workdir, run.evaluated
+    payload = load_torch(workdir / MODEL_FILE, "aam model")
+    current = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(payload["state_dict"])
+    test = evaluate(model, static.eval_rows["test"], run.spec, run.cfg, run.unifrac, run.device)
+    model.load_state_dict(current)
+    out = {f"test_{k}": v for k, v in test.metrics.items()}
+    if static.targets:
+        best_epoch = run.best.epoch
+        artifacts.write_tsv(test.frame(static.targets, best_epoch), workdir / "test_predictions.tsv")
+        fig = artifacts.predicted_vs_actual_figure(static.targets, test.actual, test.predicted,
+                                                   f"test, best epoch {best_epoch}")
+        fig.savefig(workdir / "pred_vs_actual.png", dpi=100)
+        if run.writer is not None:
+            run.writer.add_figure("test/predicted_vs_actual", fig, global_step=best_epoch)
+    payload["metrics"] = {**payload["metrics"], **out}
+    save_torch(payload, workdir / MODEL_FILE)
+    return out
 
 
 def weight_average(model: torch.nn.Module, cfg: RunConfig):
@@ -418,213 +416,6 @@ class FiniteLossCheck:
                 f"training stopped: the loss became NaN or infinite at epoch {self.epoch}, step {step}; the last "
                 "good checkpoint is kept; try a lower --lr, gradient clipping (--grad-clip 1.0), or --precision fp32"
             )
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model, rows: pa.Table, spec: BatchSpec, device, batch_size: int = 64) -> None:
-    """Re-estimate BatchNorm statistics on training rows as the model sees them at evaluation.
-
-    Training masks nucleotides and counts; evaluation does not. The sample vectors differ from
-    each other by ~1% of their norm, so BatchNorm's running statistics, gathered on masked
-    inputs, turn that small train/eval shift into errors of several times the target's range
-    (val MAE jumped 25 -> 132 -> 24 between epochs). A pass without masking fixes it (as
-    PreciseBN does) for the cost of ~10% of an epoch. Under DDP rank 0 does this and its
-    buffers are broadcast to the others at the next forward.
-    """
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms or rows.num_rows < 2:
-        return
-    was_training = model.training
-    model.eval()
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a plain average over the calibration batches
-        m.train()
-    for start in range(0, rows.num_rows, batch_size):
-        chunk = rows.slice(start, batch_size)
-        if chunk.num_rows >= 2:
-            model(move_to(collate(chunk, spec), device))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.train(was_training)
-
-
-@dataclass
-class Evaluation:
-    sample_ids: list[str]
-    actual: np.ndarray  # original scale [N, T]
-    predicted: np.ndarray  # original scale [N, T]
-    metrics: dict
-    quantiles: np.ndarray | None = None  # original scale [N, T_quantile, Q]
-    quantile_names: list[str] = field(default_factory=list)
-    quantile_levels: list[float] = field(default_factory=list)
-
-    def frame(self, names, best_epoch=None):
-        return artifacts.predictions_frame(self.sample_ids, names, self.predicted, self.actual, best_epoch,
-                                           self.quantiles, self.quantile_names, self.quantile_levels)
-
-
-class _Diagnostics:
-    """Per-sample diagnostics of the fusion and moe head, averaged over a split for logging:
-    gmu_gate (share kept from the microbes), attention_<column>, asv_attention, expert<e>_usage."""
-
-    def __init__(self, model, spec: BatchSpec):
-        columns = [spec.categoricals[c] for c in getattr(model, "fusion_columns", [])]
-        self.names = {"gate": ["gmu_gate"], "column_attention": [f"attention_{c}" for c in columns],
-                      "asv_attention": ["asv_attention"]}
-        self.sums: dict[str, float] = {}
-        self.n = 0
-
-    def add(self, diagnostics: dict) -> None:
-        for key, values in diagnostics.items():
-            values = values.detach().float().reshape(values.shape[0], -1).sum(dim=0).cpu().tolist()
-            names = self.names.get(key) or [f"expert{e}_usage" for e in range(len(values))]
-            for name, value in zip(names, values):
-                self.sums[name] = self.sums.get(name, 0.0) + value
-        self.n += next(iter(diagnostics.values())).shape[0] if diagnostics else 0
-
-    def means(self) -> dict[str, float]:
-        return {k: v / self.n for k, v in self.sums.items()} if self.n else {}
-
-
-def _outputs_by_batch(model, rows: pa.Table, spec: BatchSpec, device, batch_size: int):
-    model.eval()
-    for start in range(0, rows.num_rows, batch_size):
-        batch = move_to(collate(rows.slice(start, batch_size), spec), device)
-        yield batch, model(batch)
-
-
-def _original_scale(values: list[np.ndarray], empty_shape: tuple, spec: BatchSpec, rows: pa.Table) -> np.ndarray:
-    out = np.concatenate(values) if values else np.zeros(empty_shape)
-    if spec.transform is None or not len(out):
-        return out
-    codes = category_codes(rows, spec.transform.by)
-    if out.ndim == 3:  # quantiles of the quantile targets: those targets' own transform parameters
-        return spec.transform.inverse(out, codes, targets=spec.quantile_targets)
-    return spec.transform.inverse(out, codes)
-
-
-@torch.no_grad()
-def predict_rows(model, rows: pa.Table, spec: BatchSpec, device, batch_size: int = 64) -> Evaluation:
-    """Predictions on the original scale for every row, in row order (nothing dropped); the
-    actual values are NaN where the rows carry no target."""
-    return evaluate(model, rows, spec, None, None, device, batch_size, with_loss=False)
-
-
-@torch.no_grad()
-def evaluate(model, rows: pa.Table, spec: BatchSpec, cfg: RunConfig | None, unifrac, device, batch_size: int = 64,
-             with_loss: bool = True) -> Evaluation:
-    """Loss, metrics and diagnostics over a whole split; the last partial batch counts like any other."""
-    layout = getattr(model, "layout", None)
-    quantile_targets = layout.quantile_targets if layout is not None and spec.targets else []
-    predicted, quantiles, loss_sum, n = [], [], 0.0, 0
-    diagnostics = _Diagnostics(model, spec)
-    for batch, outputs in _outputs_by_batch(model, rows, spec, device, batch_size):
-        if with_loss:
-            loss, _ = total_loss(outputs, batch, cfg, unifrac, None)
-            loss_sum += float(loss) * len(batch["sample_ids"])
-        n += len(batch["sample_ids"])
-        diagnostics.add(outputs.get("diagnostics", {}))
-        if spec.targets:
-            predicted.append(outputs["prediction"].float().cpu().numpy())
-            if quantile_targets:
-                quantiles.append(outputs["quantiles"].float().cpu().numpy())
-    metrics = {"loss": loss_sum / max(n, 1)} if with_loss else {}
-    actual = raw_targets(rows, spec.targets)
-    pred = _original_scale(predicted, (0, len(spec.targets)), spec, rows)
-    if spec.targets and with_loss:
-        metrics.update(regression_metrics(actual, pred, spec.targets))
-    metrics.update(diagnostics.means())
-    evaluation = Evaluation(rows.column("sample_id").to_pylist(), actual, pred, metrics)
-    if quantile_targets:
-        evaluation.quantile_names = [spec.targets[t] for t in quantile_targets]
-        evaluation.quantile_levels = list(layout.quantiles)
-        q_spec = dataclasses.replace(spec, quantile_targets=quantile_targets)
-        evaluation.quantiles = _original_scale(quantiles, (0, len(quantile_targets), len(layout.quantiles)),
-                                               q_spec, rows)
-    return evaluation
-
-
-def _finish(workdir, core, static, spec, cfg, unifrac, device, writer, best) -> dict:
-    """Score the best epoch's weights on the test split; write its predictions and figures."""
-    payload = load_torch(workdir / MODEL_FILE, "aam model")
-    current = {k: v.clone() for k, v in core.state_dict().items()}
-    core.load_state_dict(payload["state_dict"])
-    test = evaluate(core, static.eval_rows["test"], spec, cfg, unifrac, device)
-    core.load_state_dict(current)
-    out = {f"test_{k}": v for k, v in test.metrics.items()}
-    if static.targets:
-        artifacts.write_tsv(test.frame(static.targets, best.epoch), workdir / "test_predictions.tsv")
-        fig = artifacts.predicted_vs_actual_figure(static.targets, test.actual, test.predicted,
-                                                   f"test, best epoch {best.epoch}")
-        fig.savefig(workdir / "pred_vs_actual.png", dpi=100)
-        if writer is not None:
-            writer.add_figure("test/predicted_vs_actual", fig, global_step=best.epoch)
-    payload["metrics"] = {**payload["metrics"], **out}
-    save_torch(payload, workdir / MODEL_FILE)
-    return out
-
-
-def _restore(state, core, optimizer, scheduler, masking, cfg, best, history, rank) -> int:
-    if (state["config"].get("categorical_lr", 0.0) > 0) != (cfg.categorical_lr > 0):
-        raise AamUserError("resume: categorical_lr can change its value but not be switched on or off "
-                           "(that changes the optimizer's parameter groups); start a new run instead")
-    core.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    saved_lr, saved_cat_lr = state["config"]["lr"], state["config"].get("categorical_lr", 0.0)
-    if saved_lr != cfg.lr or saved_cat_lr != cfg.categorical_lr:
-        set_peak_lr(optimizer, scheduler, cfg.lr, cfg.categorical_lr)
-        if rank == 0:
-            also = (f" (categorical {cfg.categorical_lr:g} replaces {saved_cat_lr:g})"
-                    if cfg.categorical_lr != saved_cat_lr else "")
-            print(f"resume: peak learning rate {cfg.lr:g} replaces the checkpoint's {saved_lr:g}{also}", flush=True)
-    best.epoch, best.score, best.metrics = state["best"]["epoch"], state["best"]["score"], state["best"]["metrics"]
-    history.extend(state["history"])
-    torch.set_rng_state(state["torch_rng"])
-    if rank == 0:  # other ranks' masking streams differ; rank 0's is the one saved
-        masking.set_state(state["masking_rng"])
-    if rank == 0:
-        print(f"resume: continuing after epoch {state['epoch']} of {cfg.epochs}", flush=True)
-    return int(state["epoch"])
-
-
-RESUMED_FILES = (MODEL_FILE, "val_predictions.tsv", "metrics.json", "tb")
-
-
-def pack_files(folder: Path) -> dict[str, bytes]:
-    """The files of a run folder that resuming carries on with (best model, predictions, TensorBoard)."""
-    folder = Path(folder)
-    files = {}
-    for name in RESUMED_FILES:
-        path = folder / name
-        for p in [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []:
-            if p.is_file():
-                files[str(p.relative_to(folder))] = p.read_bytes()
-    return files
-
-
-def resume_state(folder: Path) -> dict:
-    """What `fit` needs to continue a run from its checkpoint or run folder."""
-    state = load_torch(Path(folder) / STATE_FILE, "aam training state")
-    state["workdir_files"] = pack_files(Path(folder))
-    return state
-
-
-def checkpoint_resume_state(checkpoint) -> dict | None:
-    """`resume_state` of a Ray Train/Tune Checkpoint (None: nothing to resume)."""
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        return resume_state(Path(folder))
-
-
-def _unpack_files(files: dict[str, bytes], folder: Path) -> None:
-    for rel, data in files.items():
-        target = folder / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
 
 
 def _write_static_files(workdir: Path, cfg: RunConfig, static: StaticData) -> None:

@@ -51,7 +51,8 @@ def target_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, huber_delta
         return F.huber_loss(p, t, delta=huber_delta)
     if kind == "asymmetric":
         return (over * F.relu(p - t) + under * F.relu(t - p)).mean()
-    raise ValueError(f"target_loss: kind={kind!r} is not one of mse, mae, huber, quantile, asymmetric")
+    choices = ", ".join(RunConfig.fields()["target_loss"].metadata["choices"])
+    raise ValueError(f"target_loss: kind={kind!r} is not one of {choices}")
 
 
 def targets_loss(raw: torch.Tensor, targets: torch.Tensor, layout, cfg: RunConfig) -> torch.Tensor:

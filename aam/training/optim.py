@@ -1,7 +1,6 @@
 """AdamW with warm-up as a fraction of all steps, then cosine decay to zero.
 
-Warm-up is a fraction, not a step count, so a short run never spends its whole life warming up
-(an upstream bug: a fixed warm-up longer than the run).
+Warm-up is a fraction, not a step count, so a short run never spends its whole life warming up.
 
 Two parameter groups when `categorical_lr` is set: every categorical parameter (embeddings,
 fusion, category router, per-category affine) at its own peak rate, the rest at `lr`. Category
@@ -14,17 +13,18 @@ import math
 
 import torch
 
-GROUP_NAMES = ("main", "categorical")
+# the names of the parameter groups (`name` of each optimizer param group)
+MAIN, CATEGORICAL = "main", "categorical"
 
 
 def make_optimizer(model, cfg) -> torch.optim.AdamW:
     """AdamW over the trainable parameters of `model` (an AAM), grouped as described above."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     categorical = {id(p) for p in model.categorical_parameters() if p.requires_grad} if cfg.categorical_lr > 0 else set()
-    groups = [{"params": [p for p in trainable if id(p) not in categorical], "lr": cfg.lr, "name": "main"}]
+    groups = [{"params": [p for p in trainable if id(p) not in categorical], "lr": cfg.lr, "name": MAIN}]
     if categorical:
         groups.append({"params": [p for p in trainable if id(p) in categorical], "lr": cfg.categorical_lr,
-                       "name": "categorical"})
+                       "name": CATEGORICAL})
     # on a GPU the fused kernel updates every parameter in a few launches instead of several
     # per parameter tensor (~80 tensors in the default model)
     fused = bool(trainable) and all(p.is_cuda for p in trainable)
@@ -33,7 +33,7 @@ def make_optimizer(model, cfg) -> torch.optim.AdamW:
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """The current rate of every group, keyed as the metrics log them: lr, lr_categorical."""
-    return {("lr" if g.get("name", "main") == "main" else f"lr_{g['name']}"): g["lr"] for g in optimizer.param_groups}
+    return {("lr" if g.get("name", MAIN) == MAIN else f"lr_{g['name']}"): g["lr"] for g in optimizer.param_groups}
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: float):
@@ -52,7 +52,7 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fra
 def set_peak_lr(optimizer: torch.optim.Optimizer, scheduler, lr: float, categorical_lr: float = 0.0) -> None:
     """Change the peak learning rates of a restored optimizer; the schedule's shape is kept."""
     f = scheduler.lr_lambdas[0]
-    peaks = [categorical_lr if g.get("name") == "categorical" and categorical_lr > 0 else lr
+    peaks = [categorical_lr if g.get("name") == CATEGORICAL and categorical_lr > 0 else lr
              for g in optimizer.param_groups]
     scheduler.base_lrs = list(peaks)
     for group, peak in zip(optimizer.param_groups, peaks):

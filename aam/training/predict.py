@@ -20,7 +20,7 @@ from aam.data.collate import BatchSpec
 from aam.errors import AamUserError
 from aam.training.artifacts import predictions_frame
 from aam.training.checkpoint import load_model
-from aam.training.loop import predict_rows
+from aam.training.evaluation import predict_rows
 
 
 def predict_table(model_path: Path, table: Path, sequences: Path | None = None, batch_size: int = 64,

@@ -17,7 +17,7 @@ from aam.data.collate import category_codes, raw_targets
 from aam.data.dataset import Dataset
 from aam.data.transforms import TargetTransform
 from aam.errors import AamUserError
-from aam.training.loop import StaticData
+from aam.training.session import StaticData
 
 
 def resolve_targets(cfg: RunConfig, dataset: Dataset) -> list[str]:
@@ -75,27 +75,25 @@ def encode_frozen(cfg: RunConfig, static: StaticData, rows: pa.Table) -> StaticD
     import torch
 
     from aam.data.collate import BatchSpec, collate
-    from aam.models.model import count_features
-    from aam.training.checkpoint import check_count_feature, load_model
+    from aam.models import AAM
+    from aam.training.checkpoint import load_encoder_weights, read_payload
 
-    bundle = load_model(cfg.pretrained_encoder)
-    check_count_feature(cfg, cfg.pretrained_encoder, bundle.config.count_feature)  # before encoding, not after
-    if bundle.token_width < static.tokens.shape[1]:
+    payload = read_payload(cfg.pretrained_encoder)
+    if payload["token_width"] < static.tokens.shape[1]:
         raise AamUserError(f"pretrained_encoder={cfg.pretrained_encoder}: trained on sequences of up to "
-                           f"{bundle.token_width} bp, this dataset has {static.tokens.shape[1]} bp; use the same trimming")
-    model = bundle.model
+                           f"{payload['token_width']} bp, this dataset has {static.tokens.shape[1]} bp; "
+                           "use the same trimming")
+    # the encoders of the model `fit` builds, set up as it sets them up: the cache holds exactly
+    # what they would compute (a count_feature the encoder did not learn is refused here, before encoding)
+    model = AAM(cfg, [], static.token_width)
+    load_encoder_weights(model, cfg.pretrained_encoder, payload)
     model.freeze_encoder()
     asv_vectors = model.encode_all_asvs(torch.from_numpy(static.tokens.astype(np.int64)))
+    model.use_asv_cache(asv_vectors)
     spec = BatchSpec(static.tokens, [], [], cfg.token_limit, None, min_abundance=cfg.min_abundance)
-    chunks = []
-    with torch.no_grad():  # the encoders' part of AAM.forward, without its heads
-        for start in range(0, rows.num_rows, 128):
-            batch = collate(rows.slice(start, 128), spec)
-            slots = asv_vectors[batch["asv_ids"]][batch["asv_index"]]
-            hidden = torch.zeros_like(batch["asv_mask"])
-            features = count_features(batch, bundle.config.count_feature)
-            vectors, _ = model.sample_encoder(slots, batch["asv_mask"], features, hidden)
-            chunks.append(vectors.float())
+    with torch.no_grad():
+        chunks = [model.encode_samples(collate(rows.slice(start, 128), spec)).samples.float()
+                  for start in range(0, rows.num_rows, 128)]
     return dataclasses.replace(
         static, asv_vectors=asv_vectors.float().numpy(), sample_ids=rows.column("sample_id").to_pylist(),
         sample_vectors=torch.cat(chunks).numpy(), cache_token_limit=cfg.token_limit,

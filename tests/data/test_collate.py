@@ -157,7 +157,7 @@ def test_model_outputs_are_the_same_on_the_fast_and_reference_paths(pad_to_limit
     r = _random_rows()
     cfg = RunConfig().replace(d_model=16, n_heads=2, asv_layers=1, sample_layers=1, dropout=0.1)
     torch.manual_seed(0)
-    model = AAM(cfg, n_targets=1, token_width=table.shape[1]).eval()
+    model = AAM(cfg, targets=["target0"], token_width=table.shape[1]).eval()
     fast_batch = collate(r, ref_spec(limit=16, tokens=table))
     ref_batch = collate(r, ref_spec(limit=16, pad_to_limit=pad_to_limit, dedupe=dedupe, tokens=table))
     # the reference batch really is a different (bigger) batch

@@ -42,7 +42,8 @@ def test_sequence_longer_than_width_is_an_error():
     "oid", ["4b5eeb300fd0a6c4d2a7c1b5e3f6a9d0", "OTU_12", "ASV1", "Bacteroides", "da39a3ee5e6b4b0d3255bfef95601890afd80709"]
 )
 def test_hash_or_name_ids_are_not_sequences(oid):
-    assert not s.looks_like_sequence(oid)
+    with pytest.raises(AamUserError):
+        s.check_ids_are_sequences([oid], "T.biom")
     with pytest.raises(AamUserError) as e:
         s.check_ids_are_sequences(["ACGTACGT", oid], "T.biom")
     msg = str(e.value)

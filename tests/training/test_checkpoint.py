@@ -10,7 +10,7 @@ from aam._files import save_torch
 from aam.config import RunConfig
 from aam.errors import AamUserError
 from aam.training.checkpoint import MODEL_FILE, STATE_FILE, load_model, model_payload
-from aam.training.loop import resume_state
+from aam.training.resume import resume_state
 
 
 class RunsCode:

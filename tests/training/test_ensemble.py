@@ -12,7 +12,8 @@ import pytest
 
 from aam.examples import path as example_path
 from aam.training.ensemble import greedy_select, mean_mae
-from aam.training.loop import Session, fit
+from aam.training.loop import fit
+from aam.training.session import Session
 from aam.training.prepare import load_static
 
 from test_loop import tiny_cfg

@@ -12,7 +12,10 @@ from aam.config import RunConfig
 from aam.errors import AamUserError
 from aam.data.collate import BatchSpec
 from aam.training.checkpoint import load_model
-from aam.training.loop import Session, fit, predict_rows, resume_state
+from aam.training.evaluation import predict_rows
+from aam.training.loop import fit
+from aam.training.resume import resume_state
+from aam.training.session import Session
 from aam.training.prepare import load_static
 
 TINY = dict(d_model=16, n_heads=2, asv_layers=1, sample_layers=1, token_limit=48, batch_size=16, epochs=2,
@@ -175,7 +178,7 @@ def test_a_session_keeps_one_checkpoint_folder_and_removes_it_at_exit(tmp_path):
     scratch.mkdir()
     script = (
         "import json, os, sys, pyarrow as pa\n"
-        "from aam.training.loop import Session\n"
+        "from aam.training.session import Session\n"
         "rows = pa.table({'x': [1]})\n"
         "idle = [Session(rows, 0, verbose=False) for _ in range(3)]\n"
         "keeper = Session(rows, 0, verbose=False)\n"

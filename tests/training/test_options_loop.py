@@ -12,7 +12,8 @@ import torch
 from aam.errors import AamUserError
 from aam.examples import path as example_path
 from aam.training.checkpoint import load_model
-from aam.training.loop import Session, fit
+from aam.training.loop import fit
+from aam.training.session import Session
 from aam.training.predict import predict_table
 from aam.training.prepare import load_static
 from tests.training.test_loop import tiny_cfg

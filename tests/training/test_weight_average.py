@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from aam.training.checkpoint import load_model
-from aam.training.loop import Session, fit, predict_rows, resume_state, weight_average, batch_spec
+from aam.training.evaluation import predict_rows
+from aam.training.loop import batch_spec, fit, weight_average
+from aam.training.resume import resume_state
+from aam.training.session import Session
 from aam.training.prepare import load_static
 
 from test_loop import Interrupted, StopAfter, tiny_cfg

@@ -1,0 +1,79 @@
+"""Resuming a run: the files a run folder or checkpoint carries on with (`resume_state`), and
+putting the training state back into a new `fit` (`restore_training`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from aam._files import load_torch
+from aam.config import RunConfig
+from aam.errors import AamUserError
+from aam.training.checkpoint import MODEL_FILE, STATE_FILE
+from aam.training.optim import set_peak_lr
+
+
+def restore_training(state: dict, model, optimizer, scheduler, masking: torch.Generator, cfg: RunConfig, best,
+                     history: list, rank: int) -> int:
+    """Put `state` (a `resume_state`) back into a new run's model, optimizer, scheduler, RNGs, best
+    epoch and history; returns the epoch to continue after. A changed `lr` replaces the saved
+    peak rate and says so."""
+    if (state["config"].get("categorical_lr", 0.0) > 0) != (cfg.categorical_lr > 0):
+        raise AamUserError("resume: categorical_lr can change its value but not be switched on or off "
+                           "(that changes the optimizer's parameter groups); start a new run instead")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    saved_lr, saved_cat_lr = state["config"]["lr"], state["config"].get("categorical_lr", 0.0)
+    if saved_lr != cfg.lr or saved_cat_lr != cfg.categorical_lr:
+        set_peak_lr(optimizer, scheduler, cfg.lr, cfg.categorical_lr)
+        if rank == 0:
+            also = (f" (categorical {cfg.categorical_lr:g} replaces {saved_cat_lr:g})"
+                    if cfg.categorical_lr != saved_cat_lr else "")
+            print(f"resume: peak learning rate {cfg.lr:g} replaces the checkpoint's {saved_lr:g}{also}", flush=True)
+    best.epoch, best.score, best.metrics = state["best"]["epoch"], state["best"]["score"], state["best"]["metrics"]
+    history.extend(state["history"])
+    torch.set_rng_state(state["torch_rng"])
+    if rank == 0:  # other ranks' masking streams differ; rank 0's is the one saved
+        masking.set_state(state["masking_rng"])
+        print(f"resume: continuing after epoch {state['epoch']} of {cfg.epochs}", flush=True)
+    return int(state["epoch"])
+
+
+RESUMED_FILES = (MODEL_FILE, "val_predictions.tsv", "metrics.json", "tb")
+
+
+def pack_files(folder: Path) -> dict[str, bytes]:
+    """The files of a run folder that resuming carries on with (best model, predictions, TensorBoard)."""
+    folder = Path(folder)
+    files = {}
+    for name in RESUMED_FILES:
+        path = folder / name
+        for p in [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []:
+            if p.is_file():
+                files[str(p.relative_to(folder))] = p.read_bytes()
+    return files
+
+
+def resume_state(folder: Path) -> dict:
+    """What `fit` needs to continue a run from its checkpoint or run folder."""
+    state = load_torch(Path(folder) / STATE_FILE, "aam training state")
+    state["workdir_files"] = pack_files(Path(folder))
+    return state
+
+
+def checkpoint_resume_state(checkpoint) -> dict | None:
+    """`resume_state` of a Ray Train/Tune Checkpoint (None: nothing to resume)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return resume_state(Path(folder))
+
+
+def unpack_files(files: dict[str, bytes], folder: Path) -> None:
+    """Write `pack_files`' files back into a run's work folder."""
+    for rel, data in files.items():
+        target = folder / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
