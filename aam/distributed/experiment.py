@@ -24,7 +24,7 @@ import pandas as pd
 
 from aam.errors import AamUserError
 
-SPACE_FILE = "aam-space.yaml"
+SPACE_FILE = "aam-space.yaml"  # the resolved space `aam tune` writes beside Tune's own files
 FAILED_FILE = "aam-failed.json"
 
 

@@ -140,6 +140,10 @@ class SearchSpace:
             out[DATA_FIELD] = self.data
         return out
 
+    def shared_config(self) -> RunConfig:
+        """The config every trial shares: `constants()` validated, searched keys at their defaults."""
+        return RunConfig.from_dict(self.constants(), where=self.source)
+
     def define_by_run(self, trial) -> dict[str, Any]:
         """Optuna define-by-run: sample the searched keys (children only on their branch), return the constants.
 
