@@ -169,15 +169,8 @@ def test_resume_reconciles_a_search_generator_that_counted_an_unrecorded_trial(e
     assert fixed["counter"] == 6 and "neverrecorded" not in fixed["name:ConcurrencyLimiter"]["live_trials"]
 
 
-def test_a_second_search_under_an_existing_name_is_refused_with_a_pointer_to_resume(experiment, small_space_file):
-    import hashlib
-
-    def folder_hash(folder):
-        digest = hashlib.sha256()
-        for path in sorted(folder.rglob("*")):
-            digest.update(str(path).encode() + (path.read_bytes() if path.is_file() else b""))
-        return digest.hexdigest()
-
+def test_a_second_search_under_an_existing_name_is_refused_with_a_pointer_to_resume(experiment, small_space_file,
+                                                                                    folder_hash):
     before = folder_hash(experiment)
     result = CliRunner().invoke(app, ["tune", str(small_space_file), "--storage-path", str(experiment.parent),
                                       "--name", experiment.name, "--data", read_experiment(experiment).trials[0]
