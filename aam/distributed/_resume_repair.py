@@ -1,8 +1,8 @@
 """Before `aam tune --resume`: undo what a killed driver left half-done in Ray Tune's own files.
 
 One entry point, `mend_killed_experiment`. Everything else here reads or rewrites Tune's private
-experiment files, in the layout of the Ray versions pinned in pyproject.toml (ray 2.50 up to
-2.60); tests/distributed/test_resume_repair.py fails when a Ray release changes that layout:
+experiment files, in the layout of ray 2.60 (pyproject.toml pins ray below 2.61 for this);
+tests/distributed/test_resume_repair.py fails when a Ray release changes that layout:
 
 - `experiment_state-<session>.json`: the trials Tune recorded (read by `aam.distributed.experiment`);
 - `search_gen_state-<session>.json`: the search generator's state, cloudpickled: a dict whose
