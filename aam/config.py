@@ -5,8 +5,10 @@ CLI flags (`--count-embed film`), a run YAML, the `fixed:`/`search:` keys of a s
 A flat namespace is deliberate: a search space or a flag never has to know which section a
 field lives in. Sections below are only for reading.
 
-Validation lives here and only here (`RunConfig.validate`), so the CLI, the search-space
-compiler and `--best-of` reject the same mistakes with the same words.
+Validation lives here and only here: `RunConfig.validate` for a whole config, and for one value
+the helpers below it (`field_problem`, `coerce_value`, `unknown_field`, `did_you_mean`), which the
+search-space compiler asks too, so the CLI, a search space and `--best-of` reject the same mistakes
+with the same words.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ CATEGORICAL_FUSIONS = ("off", "concat", "add", "gmu", "cross-attention", "percei
 # list fields whose items are numbers, not names
 _INT_LISTS = ("head_hidden",)
 _FLOAT_LISTS = ("quantiles",)
-UNIFRAC_METRICS = ("euclidean",)
 
 
 def _f(default, help: str, choices: tuple | None = None, low=None, high=None, section: str = ""):
@@ -176,9 +177,7 @@ class RunConfig:
         known = cls.fields()
         for key in values:
             if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
-                also = f" (did you mean '{hint[0]}'?)" if hint else ""
-                raise AamUserError(f"{where}: unknown key '{key}'{also}; see `aam train --help` for the keys")
+                raise AamUserError(f"{where}: {unknown_field(key)}")
         coerced = {k: coerce_value(k, v, where) for k, v in values.items()}
         cfg = cls(**coerced)
         cfg.validate(where)
@@ -199,12 +198,9 @@ class RunConfig:
                 # NaN compares false with every bound, so it would pass them and surface as a NaN loss
                 raise AamUserError(f"{where}: {name}={value!r} is not a finite number; give a number such as "
                                    f"{f.default if isinstance(f.default, float) else 0.5}")
-            if meta["choices"] and value not in meta["choices"]:
-                raise AamUserError(f"{where}: {name}={value!r} is not one of {', '.join(meta['choices'])}")
-            if meta["low"] is not None and value < meta["low"]:
-                raise AamUserError(f"{where}: {name}={value!r} is below its minimum {meta['low']}")
-            if meta["high"] is not None and value > meta["high"]:
-                raise AamUserError(f"{where}: {name}={value!r} is above its maximum {meta['high']}")
+            problem = field_problem(name, value)
+            if problem:
+                raise AamUserError(f"{where}: {name}={value!r} {problem}")
         if self.nucleotide_patch > 1 and self.d_model % 2:
             raise AamUserError(f"{where}: d_model={self.d_model} must be even when nucleotide_patch > 1")
         if self.d_model % self.n_heads:
@@ -239,10 +235,6 @@ class RunConfig:
     @property
     def uses_quantiles(self) -> bool:
         return self.target_loss == "quantile" or "quantile" in self.target_loss_map.values()
-
-    def outputs_for(self, target: str) -> int:
-        """Head outputs of one target: one per quantile for the quantile loss, else one."""
-        return len(self.quantiles) if self.loss_for(target) == "quantile" else 1
 
     def fusion_columns(self, available: list[str]) -> list[str]:
         """The categorical columns the fusion reads (none when fusion is off)."""
@@ -283,13 +275,14 @@ class RunConfig:
         if self.category_affine and self.category_affine in fused and self.categorical_fusion == "add":
             out.append(f"category_affine={self.category_affine} with categorical_fusion=add on the same column: "
                        "both shift the output per category")
-        if self.head != "moe" and (self.moe_router != "embedding" or self.moe_experts != 4):
+        moe_set = any(getattr(self, k) != field_default(k) for k in ("moe_router", "moe_experts"))
+        if self.head != "moe" and moe_set:
             out.append(f"moe_router/moe_experts are set but head={self.head}: they apply to head=moe only")
         if self.categorical_fusion == "off" and self.categorical_columns:
             out.append("categorical_columns is set but categorical_fusion=off: the columns are not read")
         if self.target_transform != "zscore-category" and self.transform_by:
             out.append(f"transform_by is set but target_transform={self.target_transform}: it is not used")
-        if not self.uses_quantiles and self.quantiles != [0.1, 0.5, 0.9]:
+        if not self.uses_quantiles and self.quantiles != field_default("quantiles"):
             out.append("quantiles are set but no target uses the quantile loss")
         if self.ema_warmup != "off" and self.ema_decay == 0:
             out.append(f"ema_warmup={self.ema_warmup} is set but ema_decay=0: there is no average to warm up")
@@ -330,19 +323,46 @@ def check_dataset_value(name: str, value: Any, targets: list[str], categoricals:
         names, pool, kind = ([value] if value else []), categoricals, "categorical"
     for column in names:
         if column not in pool:
-            hint = difflib.get_close_matches(column, pool, n=1)
-            also = f" (did you mean '{hint[0]}'?)" if hint else ""
+            also = did_you_mean(column, pool)
             have = ", ".join(pool) or f"none: convert again with --{kind}"
             extra = " or 'embedding'" if name == "moe_router" else ""
             raise AamUserError(f"{where}: {name}: '{column}' is not a {kind} column of the dataset{also}; "
                                f"it has {have}{extra}")
 
 
+def field_default(name: str) -> Any:
+    """A config field's default value (a fresh copy of a list or dict)."""
+    f = RunConfig.fields()[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 def field_type(name: str) -> type:
     """The Python type of a config field (from its default, since annotations are strings)."""
-    f = RunConfig.fields()[name]
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    return type(default)
+    return type(field_default(name))
+
+
+def field_problem(name: str, value: Any) -> str | None:
+    """What is wrong with `value` (already of field `name`'s type) against the field's choices and
+    bounds, worded to follow the value ("is not one of off, add"), or None when nothing is."""
+    meta = RunConfig.fields()[name].metadata
+    if meta["choices"] and value not in meta["choices"]:
+        return f"is not one of {', '.join(map(str, meta['choices']))}"
+    if meta["low"] is not None and value < meta["low"]:
+        return f"is below the minimum of {name}, {meta['low']}"
+    if meta["high"] is not None and value > meta["high"]:
+        return f"is above the maximum of {name}, {meta['high']}"
+    return None
+
+
+def did_you_mean(name: Any, candidates) -> str:
+    """' (did you mean 'x'?)' naming the candidate closest to a mistyped name, or '' when none is close."""
+    hint = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1)
+    return f" (did you mean '{hint[0]}'?)" if hint else ""
+
+
+def unknown_field(name: str, what: str = "key") -> str:
+    """The message for a name that is no config field, wherever it was written (flag, file, space)."""
+    return f"unknown {what} '{name}'{did_you_mean(name, RunConfig.fields())}; see `aam train --help` for the keys"
 
 
 def coerce_value(name: str, value: Any, where: str = "config") -> Any:
@@ -355,66 +375,66 @@ def coerce_value(name: str, value: Any, where: str = "config") -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise bad
-    if kind is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if kind is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
+    if kind in (int, float):
+        return _coerce_number(kind, value, bad)
     if kind is str:
         if isinstance(value, str):
             return value
         raise bad
     if kind is list:
-        if isinstance(value, str):  # CLI: "64,32" or "ph,temperature"
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        number = int if name in _INT_LISTS else float if name in _FLOAT_LISTS else None
-        if number is not None:
-            if any(isinstance(v, bool) for v in value):
-                raise bad
-            try:
-                numbers = [number(v) for v in value]
-            except (TypeError, ValueError):
-                raise bad from None
-            if number is int and any(float(v) != n for v, n in zip(value, numbers)):
-                raise bad
-            return numbers
-        return [str(v) for v in value]
+        return _coerce_list(name, value, bad)
     if kind is dict:
-        if isinstance(value, str):  # CLI: "ph=mse,temperature_deg_c=huber" (or a JSON object)
-            text = value.strip()
-            if text.startswith("{"):
-                try:
-                    value = json.loads(text)
-                except json.JSONDecodeError:
-                    raise bad from None
-            else:
-                pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
-                if any(len(p) != 2 for p in pairs):
-                    raise AamUserError(f"{where}: {name}={value!r}: write name=value pairs separated by commas, "
-                                       "e.g. ph=mse,temperature_deg_c=huber")
-                value = {k.strip(): v.strip() for k, v in pairs}
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise bad
-        return dict(value)
+        return _coerce_dict(name, value, where, bad)
     raise bad
+
+
+def _coerce_number(kind: type, value: Any, bad: AamUserError) -> int | float:
+    """An int or float; a whole float such as 3.0 is an int, a bool is neither."""
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, int) or (isinstance(value, float) and (kind is float or value.is_integer())):
+        return kind(value)
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            raise bad from None
+    raise bad
+
+
+def _coerce_list(name: str, value: Any, bad: AamUserError) -> list:
+    if isinstance(value, str):  # CLI: "64,32" or "ph,temperature"
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise bad
+    number = int if name in _INT_LISTS else float if name in _FLOAT_LISTS else None
+    if number is None:
+        return [str(v) for v in value]
+    if any(isinstance(v, bool) for v in value):
+        raise bad
+    try:
+        numbers = [number(v) for v in value]
+    except (TypeError, ValueError):
+        raise bad from None
+    if number is int and any(float(v) != n for v, n in zip(value, numbers)):
+        raise bad
+    return numbers
+
+
+def _coerce_dict(name: str, value: Any, where: str, bad: AamUserError) -> dict:
+    if isinstance(value, str):  # CLI: "ph=mse,temperature_deg_c=huber" (or a JSON object)
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise bad from None
+        else:
+            pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise AamUserError(f"{where}: {name}={value!r}: write name=value pairs separated by commas, "
+                                   "e.g. ph=mse,temperature_deg_c=huber")
+            value = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise bad
+    return dict(value)

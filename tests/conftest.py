@@ -1,5 +1,6 @@
 """Shared test set-up: Ray's environment before Ray is imported, and one local Ray per session."""
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -22,6 +23,38 @@ set_ray_env()  # the rest as every aam command has it
 os.environ.pop("RAY_ADDRESS", None)
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+class RunsCode:
+    """A pickle payload: unpickling RunsCode(marker) creates `marker`, as a payload calling os.system
+    would run a command. Its pickle names only Path.touch, so it loads without this module."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _folder_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        digest.update(str(path.relative_to(folder)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def runs_code():
+    """`RunsCode`: a test that loads a received file checks that `runs_code(marker)` in it never ran."""
+    return RunsCode
+
+
+@pytest.fixture
+def folder_hash():
+    """Every file's path and bytes below a folder, hashed: equal before and after means nothing was touched."""
+    return _folder_hash
 
 
 @pytest.fixture(scope="session")

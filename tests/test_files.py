@@ -1,6 +1,5 @@
 """aam._files: output folders aam may replace, checksums, loading without running code, work folders."""
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -14,26 +13,6 @@ from aam._files import OUTPUT_MARKER, check_output_folder, load_torch, mark_outp
 from aam.errors import AamUserError
 
 
-def folder_hash(folder: Path) -> str:
-    """Every file's path and bytes: equal before and after means nothing was touched."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(folder).rglob("*")):
-        digest.update(str(path.relative_to(folder)).encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-class RunsCode:
-    """A pickle that, when unpickled, creates a marker file (as `os.system(...)` would run a command)."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 def user_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "notes"
     folder.mkdir()
@@ -41,7 +20,7 @@ def user_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def test_force_never_replaces_a_folder_aam_did_not_mark(tmp_path):
+def test_force_never_replaces_a_folder_aam_did_not_mark(tmp_path, folder_hash):
     folder = user_folder(tmp_path)
     before = folder_hash(folder)
     with pytest.raises(AamUserError, match="not empty; choose a new folder or pass --force"):
@@ -65,7 +44,7 @@ def test_force_replaces_a_folder_aam_marked_as_the_same_kind(tmp_path):
 
 
 @pytest.mark.parametrize("out, relation", [("data", "is"), ("data/run", "is inside"), (".", "contains")])
-def test_an_output_that_is_inside_or_contains_an_input_is_refused(tmp_path, out, relation):
+def test_an_output_that_is_inside_or_contains_an_input_is_refused(tmp_path, out, relation, folder_hash):
     data = tmp_path / "data"
     data.mkdir()
     (data / "samples.parquet").write_bytes(b"rows")
@@ -76,7 +55,7 @@ def test_an_output_that_is_inside_or_contains_an_input_is_refused(tmp_path, out,
     assert folder_hash(tmp_path) == before
 
 
-def test_a_failed_replacement_puts_the_old_folder_back(tmp_path):
+def test_a_failed_replacement_puts_the_old_folder_back(tmp_path, folder_hash):
     folder = tmp_path / "run"
     folder.mkdir()
     mark_output(folder, "run")
@@ -91,10 +70,10 @@ def test_a_failed_replacement_puts_the_old_folder_back(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-def test_a_checkpoint_with_a_pickle_payload_is_refused_and_never_runs(tmp_path):
+def test_a_checkpoint_with_a_pickle_payload_is_refused_and_never_runs(tmp_path, runs_code):
     marker = tmp_path / "code-ran"
     file = tmp_path / "model.pt"
-    torch.save({"format": "aam-model/1", "config": RunsCode(marker)}, file)
+    torch.save({"format": "aam-model/1", "config": runs_code(marker)}, file)
     with pytest.raises(AamUserError) as error:
         load_torch(file, "aam model")
     assert not marker.exists()

@@ -17,7 +17,7 @@ def load_run_file(path: Path) -> dict:
     """A run config as YAML or JSON (JSON is YAML): the same keys as the flags."""
     if not path.is_file():
         raise AamUserError(f"--config {path}: no such file")
-    from aam.distributed._space_validate import MAX_YAML_NODES, expanded_size
+    from aam._yaml import MAX_YAML_NODES, expanded_size
 
     try:
         text = path.read_text()

@@ -29,7 +29,6 @@ def tune(
     from aam.distributed.cluster import set_ray_env
 
     set_ray_env()  # before Ray is imported: workers inherit it
-    from aam.distributed.experiment import read_experiment
     from aam.distributed.space import load_space
     from aam.distributed.tune import load_experiment_space, run_search
 
@@ -51,7 +50,13 @@ def tune(
     if not isinstance(experiment, Path):
         print(f"experiment: {experiment}")
         return
+    _print_search_end(experiment)
+
+
+def _print_search_end(experiment: Path) -> None:
+    """The leaderboard, the best trial and its report, the tally; exit code 3 when a trial failed for good."""
     from aam.cli.runs import print_leaderboard
+    from aam.distributed.experiment import read_experiment
 
     result = read_experiment(experiment)
     print()

@@ -1,15 +1,14 @@
 """The parts of the search-space compiler that read and check YAML (private to `space.py`).
 
 Everything here raises `AamUserError` with one line: `<file>: <key>: <what is wrong>`.
-Field names, types, choices and bounds all come from `RunConfig`'s metadata, so a new config
-field is searchable without a change here.
+Field names, types, choices, bounds and defaults, and the words for what is wrong with a field's
+value, all come from `aam.config`, so a new config field is searchable without a change here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import decimal
-import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -18,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from aam.config import RunConfig, coerce_value, field_type
+from aam._yaml import MAX_YAML_CHARS, MAX_YAML_NODES, StrictLoader, expanded_size
+from aam.config import RunConfig, coerce_value, did_you_mean, field_problem, field_type, unknown_field
 from aam.errors import AamUserError
 
 KINDS = ("float", "int", "categorical")
@@ -28,80 +28,6 @@ DISTRIBUTION_KEYS = ("type", "low", "high", "step", "log", "choices", "when")
 
 
 # --- YAML ----------------------------------------------------------------------------------
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 scalars and no silently dropped duplicate keys.
-
-    PyYAML follows YAML 1.1: `off`/`no`/`on`/`yes` become booleans (so `count_embed: off`
-    would be False) and `1e-4` (no dot) stays a string. Here only true/false are booleans
-    and any decimal with an exponent is a float.
-    """
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-            except TypeError:  # unhashable key: let PyYAML report it
-                break
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}'", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers
-            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-_FLOAT = re.compile(
-    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-    re.X,
-)
-# Float before int, as in PyYAML, so the first matching resolver for "1e-4" is the float one.
-for _first in list("-+0123456789."):
-    _StrictLoader.yaml_implicit_resolvers.setdefault(_first, []).insert(0, ("tag:yaml.org,2002:float", _FLOAT))
-
-
-MAX_YAML_CHARS = 1 << 20
-MAX_YAML_NODES = 100_000  # after alias expansion: a "billion laughs" document is refused before it is built
-
-
-def expanded_size(node, limit: int = MAX_YAML_NODES) -> int:
-    """Nodes of a composed YAML document with every alias followed, counted without expanding it
-    (each distinct node's size is computed once); stops counting past `limit`."""
-    sizes: dict[int, int] = {}
-
-    def size(n, depth=0) -> int:
-        if id(n) in sizes:
-            return sizes[id(n)]
-        if depth > 200:  # deeper than any search space; also keeps recursion bounded
-            return limit + 1
-        sizes[id(n)] = 1  # a node that contains itself (a recursive alias) counts once
-        total = 1
-        if isinstance(n.value, list):
-            for item in n.value:
-                parts = item if isinstance(item, tuple) else (item,)
-                for part in parts:
-                    total += size(part, depth + 1)
-                    if total > limit:
-                        break
-        sizes[id(n)] = min(total, limit + 1)
-        return sizes[id(n)]
-
-    return size(node)
-
-
 def load_yaml(path: Path) -> Any:
     """Parse a YAML file, or raise one line naming the file (and the line of a syntax error)."""
     try:
@@ -116,7 +42,7 @@ def load_yaml(path: Path) -> Any:
         raise AamUserError(f"{path}: {len(text):,} characters is too large for a search space "
                            f"(limit {MAX_YAML_CHARS:,}); is it the right file?")
     try:
-        loader = _StrictLoader(text)
+        loader = StrictLoader(text)
         try:
             node = loader.get_single_node()
             if node is None:
@@ -160,8 +86,7 @@ class Checker:
     def keys(self, mapping: dict, allowed, key: str, what: str = "key") -> None:
         for k in mapping:
             if k not in allowed:
-                hint = difflib.get_close_matches(k, list(allowed), n=1)
-                also = f" (did you mean '{hint[0]}'?)" if hint else ""
+                also = did_you_mean(k, allowed)
                 prefix = f"{key}: " if key else ""
                 raise AamUserError(
                     f"{self.where}: {prefix}unknown {what} '{k}'{also}; allowed: {', '.join(allowed)}"
@@ -194,11 +119,8 @@ class Checker:
         return value
 
     def field_name(self, name: str, key: str) -> None:
-        known = RunConfig.fields()
-        if name not in known:
-            hint = difflib.get_close_matches(name, known, n=1)
-            also = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise self.error(key, f"unknown run-config key '{name}'{also}; see `aam train --help` for the keys")
+        if name not in RunConfig.fields():
+            raise self.error(key, unknown_field(name, what="run-config key"))
 
     def field_value(self, name: str, value: Any, key: str) -> Any:
         """`value` coerced to field `name`'s type and checked against its choices and bounds."""
@@ -206,13 +128,9 @@ class Checker:
             coerced = coerce_value(name, value, self.where)
         except AamUserError:
             raise self.error(key, f"{value!r} is not a valid {field_type(name).__name__} for {name}") from None
-        meta = RunConfig.fields()[name].metadata
-        if meta["choices"] and coerced not in meta["choices"]:
-            raise self.error(key, f"{value!r} is not one of {', '.join(map(str, meta['choices']))}")
-        if meta["low"] is not None and coerced < meta["low"]:
-            raise self.error(key, f"{value!r} is below the minimum of {name}, {meta['low']}")
-        if meta["high"] is not None and coerced > meta["high"]:
-            raise self.error(key, f"{value!r} is above the maximum of {name}, {meta['high']}")
+        problem = field_problem(name, coerced)
+        if problem:
+            raise self.error(key, f"{value!r} {problem}")
         return coerced
 
 
@@ -225,6 +143,13 @@ def encode_choice(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
     return value
+
+
+def when_holds(when: dict, taken: dict) -> bool:
+    """The rule of a branch's `when:`: every parent was sampled in this trial and took one of the
+    listed values. `taken` maps sampled keys to their values, as Optuna or a trial's config holds them."""
+    return all(parent in taken and encode_choice(taken[parent]) in {encode_choice(v) for v in values}
+               for parent, values in when.items())
 
 
 # --- distributions -------------------------------------------------------------------------
@@ -250,7 +175,7 @@ class Distribution:
 
     def applies(self, taken: dict) -> bool:
         """True when every parent was sampled in this trial and took one of the listed values."""
-        return all(parent in taken and taken[parent] in values for parent, values in self.when_encoded().items())
+        return when_holds(self.when, taken)
 
     def suggest(self, trial) -> Any:
         if self.kind == "categorical":
@@ -381,11 +306,10 @@ def _parse_numeric(check: Checker, name: str, kind: str, spec: dict, key: str, w
             raise check.error(key, f"step={step} is larger than the range high-low={span}")
         if span % decimal.Decimal(str(step)) != 0:
             raise check.error(key, f"high={high} is not low={low} plus a multiple of step={step}")
-    meta = RunConfig.fields()[name].metadata
-    if meta["low"] is not None and low < meta["low"]:
-        raise check.error(key, f"low={low} is below the minimum of {name}, {meta['low']}")
-    if meta["high"] is not None and high > meta["high"]:
-        raise check.error(key, f"high={high} is above the maximum of {name}, {meta['high']}")
+    for bound, value in (("low", low), ("high", high)):
+        problem = field_problem(name, value)
+        if problem:
+            raise check.error(key, f"{bound}={value} {problem}")
     return Distribution(name, kind, low=low, high=high, step=step, log=log, when=when)
 
 
@@ -400,8 +324,7 @@ def parse_when(check: Checker, dist: Distribution, by_name: dict[str, "Param"], 
     for parent, values in raw.items():
         pkey = f"{key}.when.{parent}"
         if parent not in by_name:
-            hint = difflib.get_close_matches(str(parent), list(by_name), n=1)
-            also = f" (did you mean '{hint[0]}'?)" if hint else ""
+            also = did_you_mean(parent, by_name)
             raise check.error(pkey, f"'{parent}' is not a key under search:{also}; "
                               "`when` can only name a searched categorical")
         parent_param = by_name[parent]

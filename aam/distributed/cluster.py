@@ -2,9 +2,9 @@
 
 With no address every command starts an embedded local Ray (dashboard on 127.0.0.1 only);
 with `--address` or `RAY_ADDRESS` it joins an existing cluster. The dashboard is on by default,
-for monitoring and because Ray Train's placement-group cleanup needs its State API (RAY_NOTES §0);
-a search whose trials all run in-process may turn it off (`aam tune --no-dashboard`), which saves
-its ~9 processes (~0.3 GB of memory, RAY_NOTES §3); it saved no measurable start-up time (BENCHMARKS.md §3).
+for monitoring and because Ray Train's placement-group cleanup needs its State API; a search
+whose trials all run in-process may turn it off (`aam tune --no-dashboard`), which saves its
+processes (about 9, ~0.3 GB of memory); it saved no measurable start-up time (BENCHMARKS.md §3).
 """
 
 from __future__ import annotations

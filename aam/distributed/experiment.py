@@ -8,8 +8,8 @@ Sources, all plain files Tune and the trials leave behind:
 - `trial_*/error.txt` (Tune, one block per failure): why a trial failed. Its twin `error.pkl` is a
   pickle and is never read: unpickling a file from a shared folder could run code;
 - `trial_*/aam-failed.json` (the `aam tune` driver): the trial failed for good. Tune's own
-  record cannot say so when the trial's process died: it keeps the status it last cached for a
-  trial without a live actor ("RUNNING"), so a dead trial read as running forever.
+  record cannot say so when the trial's process died (it keeps the status it last cached for a
+  trial without a live actor, "RUNNING"), so this file is what makes such a trial read as failed.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from aam.distributed.space import when_holds
 from aam.errors import AamUserError
 
-SPACE_FILE = "aam-space.yaml"
+SPACE_FILE = "aam-space.yaml"  # the resolved space `aam tune` writes beside Tune's own files
 FAILED_FILE = "aam-failed.json"
 
 
@@ -64,9 +65,9 @@ class Experiment:
         """The searched keys this trial sampled, with their values.
 
         A conditional key whose `when:` did not hold was not sampled: the trial ran its config
-        default, which is not a result of the search and is left out. The same rule as
-        `Distribution.applies`, read from the raw file: parsing the space would need Optuna and a
-        file that passes today's checks, and reading an experiment needs neither.
+        default, which is not a result of the search and is left out. The rule is the sampler's
+        own (`when_holds`), applied to the space file as written: reading an experiment does not
+        parse its space again, so a file that today's checks would refuse is still read.
         """
         taken: dict = {}
         grown = True
@@ -76,8 +77,7 @@ class Experiment:
                 if key in taken or key not in trial.config:
                     continue
                 branches = spec if isinstance(spec, list) else [spec]
-                if any(all(p in taken and taken[p] in values for p, values in (b.get("when") or {}).items())
-                       for b in branches):
+                if any(when_holds(b.get("when") or {}, taken) for b in branches):
                     taken[key] = trial.config[key]
                     grown = True
         return {key: taken[key] for key in self.search if key in taken}

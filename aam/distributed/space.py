@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aam.config import RunConfig
+from aam.config import RunConfig, field_default
 from aam.distributed._space_validate import (
     Checker,
     Distribution,
@@ -32,6 +32,7 @@ from aam.distributed._space_validate import (
     parse_distribution,
     parse_when,
     resource_fields,
+    when_holds,
 )
 from aam.errors import AamUserError
 
@@ -139,6 +140,10 @@ class SearchSpace:
         if self.data is not None and DATA_FIELD in RunConfig.fields():
             out[DATA_FIELD] = self.data
         return out
+
+    def shared_config(self) -> RunConfig:
+        """The config every trial shares: `constants()` validated, searched keys at their defaults."""
+        return RunConfig.from_dict(self.constants(), where=self.source)
 
     def define_by_run(self, trial) -> dict[str, Any]:
         """Optuna define-by-run: sample the searched keys (children only on their branch), return the constants.
@@ -316,14 +321,13 @@ def _parse_resources(check: Checker, raw: Any, params: list[Param]) -> dict[str,
         raise check.error(f"tune.resources.{RETRIES_FIELD}", f"retries are not a resource; put {RETRIES_FIELD} "
                           f"directly under tune: ({RETRIES_FIELD}: {given[RETRIES_FIELD]!r})")
     check.keys(given, allowed, "tune.resources")
-    defaults = RunConfig()
     return {name: check.field_value(name, given[name], f"tune.resources.{name}") if name in given
-            else getattr(defaults, name) for name in allowed}
+            else field_default(name) for name in allowed}
 
 
 def _max_epochs(fixed: dict, params: list[Param]) -> int:
     """The most epochs any trial can run: ASHA's max_t when the file leaves it null."""
-    default = getattr(RunConfig(), EPOCHS_FIELD)
+    default = field_default(EPOCHS_FIELD)
     if EPOCHS_FIELD in fixed:
         return fixed[EPOCHS_FIELD]
     param = next((p for p in params if p.name == EPOCHS_FIELD), None)
@@ -385,7 +389,7 @@ def _resolve_storage(check: Checker, value: Any) -> str:
         raise check.error("storage_path", f"{value!r} is not a folder path or URI")
     if "://" in value:
         return value
-    return str(Path(value).expanduser().resolve())  # Ray Tune needs an absolute path (RAY_NOTES §2.1)
+    return str(Path(value).expanduser().resolve())  # Ray Tune takes only an absolute path
 
 
 def _resolve_name(check: Checker, value: Any, stem: str) -> str:
@@ -413,4 +417,4 @@ def _quiet_optuna():
         optuna.logging.set_verbosity(level)
 
 
-__all__ = ["SearchSpace", "load_space", "Param", "Distribution"]
+__all__ = ["SearchSpace", "load_space", "Param", "Distribution", "when_holds"]

@@ -123,6 +123,43 @@ def train_logging(verbose: bool):
     return ray.train.LoggingConfig(log_level="INFO" if verbose else "CRITICAL")
 
 
+def make_trainer(cfg: RunConfig, static: StaticData, dataset, *, name: str, storage_path: Path | str,
+                 num_to_keep: int | None, verbose: bool, restore: dict | None = None, callbacks=()):
+    """The one `TorchTrainer` of aam: `cfg.workers` workers running `train_loop_per_worker` over `dataset`.
+
+    `aam train` and a Tune trial with several (or GPU) workers both build theirs here. A dead worker
+    (process, actor or node) restarts the worker group from the run's last checkpoint, up to
+    `cfg.max_failures` times; Ray Train keeps the newest `num_to_keep` checkpoints under
+    `storage_path/name`, so a run given the same name and storage path resumes from them.
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "run": cfg.to_dict(),
+            "static": ray.put(static),
+            "restore": ray.put(restore) if restore is not None else None,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers,
+            use_gpu=cfg.gpus_per_worker > 0,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker},
+        ),
+        datasets={"train": dataset},
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(storage_path),
+            callbacks=list(callbacks) or None,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=num_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            logging_config=train_logging(verbose),
+        ),
+    )
+
+
 def train(cfg: RunConfig, run_dir: Path, restore: dict | None = None, address: str | None = None,
           verbose: bool = False) -> dict:
     """Train `cfg` with `cfg.workers` Ray Train workers; leave the run's files in `run_dir`."""
@@ -136,37 +173,15 @@ def train(cfg: RunConfig, run_dir: Path, restore: dict | None = None, address: s
     with ray_runtime(address, cpus_needed=cfg.workers * cfg.cpus_per_worker) as ray:
         import ray.data
         import ray.train
-        from ray.train.torch import TorchTrainer
-
-        # Materialised up front: Ray Train reserves the workers' CPUs, and on a small machine a
-        # streaming read would then wait forever for a CPU (RAY_NOTES §2.3).
-        samples = str(Path(static.dataset_path).resolve() / "samples.parquet")
         from ray.data.expressions import col
 
+        # Materialised up front: once Ray Train holds the workers' CPUs, a streaming read has no
+        # CPU left to run on when the machine has no spare one, and would wait for one forever.
+        samples = str(Path(static.dataset_path).resolve() / "samples.parquet")
         splits = ["train", "val"] if cfg.train_on_val else ["train"]
         train_ds = ray.data.read_parquet(samples).filter(expr=col("split").is_in(splits)).materialize()
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={
-                "run": cfg.to_dict(),
-                "static": ray.put(static),
-                "restore": ray.put(restore) if restore is not None else None,
-            },
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=cfg.workers,
-                use_gpu=cfg.gpus_per_worker > 0,
-                resources_per_worker={"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker},
-            ),
-            datasets={"train": train_ds},
-            run_config=ray.train.RunConfig(
-                name="train",
-                storage_path=str(run_dir / RAY_STORAGE),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-                # a dead worker (process, actor or node) restarts the group from the last checkpoint
-                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-                logging_config=train_logging(verbose),
-            ),
-        )
+        trainer = make_trainer(cfg, static, train_ds, name="train", storage_path=run_dir / RAY_STORAGE,
+                               num_to_keep=1, verbose=verbose, restore=restore)
         try:
             result = trainer.fit()
         except ray.train.TrainingFailedError as error:

@@ -116,25 +116,6 @@ def test_categorical_help_names_every_fusion_without_needing_other_flags():
 
 
 # --- reliability: received files, user data, corrupt inputs -----------------------------------
-class RunsCode:
-    """Unpickling it creates a marker file, as a payload calling os.system would run a command."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
-def folder_hash(folder: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for p in sorted(Path(folder).rglob("*")):
-        digest.update(str(p.relative_to(folder)).encode() + (p.read_bytes() if p.is_file() else b""))
-    return digest.hexdigest()
-
-
 def one_line_exit_2(result) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -142,14 +123,14 @@ def one_line_exit_2(result) -> str:
 
 
 @pytest.mark.parametrize("command", ["predict", "resume"])
-def test_a_received_model_or_state_file_never_runs_its_code(example_dataset, tmp_path, command):
+def test_a_received_model_or_state_file_never_runs_its_code(example_dataset, tmp_path, command, runs_code):
     import torch
 
     marker = tmp_path / "code-ran"
     run = tmp_path / "received"
     run.mkdir()
     name = "model.pt" if command == "predict" else "state.pt"
-    torch.save({"format": "aam-model/1", "config": RunsCode(marker)}, run / name)
+    torch.save({"format": "aam-model/1", "config": runs_code(marker)}, run / name)
     if command == "predict":
         result = aam("predict", "--model", run, "--table", path("mouse_age_mini") / "feature-table.biom",
                      "--out", tmp_path / "p.tsv")
@@ -160,7 +141,8 @@ def test_a_received_model_or_state_file_never_runs_its_code(example_dataset, tmp
     assert not marker.exists() and not (tmp_path / "run").exists() and not (tmp_path / "p.tsv").exists()
 
 
-def test_force_on_a_folder_aam_did_not_write_or_on_the_input_is_refused_untouched(example_dataset, tmp_path):
+def test_force_on_a_folder_aam_did_not_write_or_on_the_input_is_refused_untouched(example_dataset, tmp_path,
+                                                                                 folder_hash):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "thesis.txt").write_text("years of work")

@@ -4,8 +4,6 @@ aam hands an embedded Ray, and the workers' set-up hook."""
 import os
 import pickle
 import shutil
-import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -22,24 +20,9 @@ TINY = ["--d-model", "16", "--n-heads", "2", "--asv-layers", "1", "--sample-laye
         "--epochs", "1"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def kill_processes_mentioning(marker: str) -> None:
-    """Stop only the processes of this test's Ray (`ray stop` would stop every Ray of the user)."""
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if marker.encode() in cmdline.read_bytes():
-                os.kill(int(cmdline.parent.name), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
-
-
 @pytest.mark.slow
-def test_a_ray_started_separately_is_neither_joined_nor_stopped_by_aam(example_dataset, tmp_path):
+def test_a_ray_started_separately_is_neither_joined_nor_stopped_by_aam(example_dataset, tmp_path, free_port,
+                                                                      kill_processes_mentioning):
     """A user's `ray start --head` on the same machine, as `ray.init()` with no address would find it.
 
     RAY_TMPDIR points both at a folder of this test's own: Ray looks for "the last `ray start`" in

@@ -1,6 +1,5 @@
 """Tune's pickled search state is unpickled at `aam tune --resume` only when this user's aam signed it."""
 
-import hashlib
 import json
 import stat
 from pathlib import Path
@@ -13,30 +12,13 @@ from typer.testing import CliRunner
 from aam.cli import app
 from aam.distributed.space import load_space
 from aam.distributed.state_signature import SIGNATURE_FILE, key_file, sign_state, verify_state
-from aam.distributed.tune import SPACE_FILE
+from aam.distributed.experiment import SPACE_FILE
 from aam.errors import AamUserError
 
 
 @pytest.fixture(autouse=True)
 def own_key(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-
-
-class RunsCode:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
-def folder_hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(Path(folder).rglob("*")):
-        digest.update(str(path.relative_to(folder)).encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def test_the_key_is_made_once_and_readable_by_its_owner_only(tmp_path):
@@ -81,7 +63,8 @@ def test_a_signature_from_another_key_does_not_verify(tmp_path, monkeypatch):
         verify_state(exp)
 
 
-def test_resume_of_a_crafted_search_state_is_refused_before_anything_is_unpickled(example_dataset, tmp_path):
+def test_resume_of_a_crafted_search_state_is_refused_before_anything_is_unpickled(example_dataset, tmp_path,
+                                                                                  runs_code, folder_hash):
     # an experiment folder as a colleague might hand it over: its search-generator snapshot is a payload
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump({
@@ -97,7 +80,7 @@ def test_resume_of_a_crafted_search_state_is_refused_before_anything_is_unpickle
     (experiment / SPACE_FILE).write_text(yaml.safe_dump(space.to_dict()))
     (experiment / "experiment_state-2026-11-30_10-00-00.json").write_text(json.dumps({"trial_data": []}))
     marker = tmp_path / "code-ran"
-    (experiment / "search_gen_state-2026-11-30_10-00-00.json").write_bytes(cloudpickle.dumps(RunsCode(marker)))
+    (experiment / "search_gen_state-2026-11-30_10-00-00.json").write_bytes(cloudpickle.dumps(runs_code(marker)))
     before = folder_hash(experiment)
 
     result = CliRunner().invoke(app, ["tune", "--resume", str(experiment)])

@@ -169,15 +169,8 @@ def test_resume_reconciles_a_search_generator_that_counted_an_unrecorded_trial(e
     assert fixed["counter"] == 6 and "neverrecorded" not in fixed["name:ConcurrencyLimiter"]["live_trials"]
 
 
-def test_a_second_search_under_an_existing_name_is_refused_with_a_pointer_to_resume(experiment, small_space_file):
-    import hashlib
-
-    def folder_hash(folder):
-        digest = hashlib.sha256()
-        for path in sorted(folder.rglob("*")):
-            digest.update(str(path).encode() + (path.read_bytes() if path.is_file() else b""))
-        return digest.hexdigest()
-
+def test_a_second_search_under_an_existing_name_is_refused_with_a_pointer_to_resume(experiment, small_space_file,
+                                                                                    folder_hash):
     before = folder_hash(experiment)
     result = CliRunner().invoke(app, ["tune", str(small_space_file), "--storage-path", str(experiment.parent),
                                       "--name", experiment.name, "--data", read_experiment(experiment).trials[0]
@@ -205,3 +198,25 @@ def test_a_storage_path_that_is_a_file_is_refused_before_ray_starts(example_data
     assert isinstance(result.exception, AamUserError), result.output
     assert f"storage_path {storage} is a file" in str(result.exception)
     assert storage.read_text() == "not a folder"
+
+
+def test_a_trial_with_two_workers_nests_a_torch_trainer_that_keeps_the_spaces_checkpoints(
+        ray_cluster, example_dataset, tmp_path):
+    import yaml
+
+    space = {"fixed": {"epochs": 2, "d_model": 16, "n_heads": 2, "asv_layers": 1, "sample_layers": 1,
+                       "token_limit": 32, "batch_size": 16},
+             "search": {"lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
+             "tune": {"num_samples": 1, "scheduler": {"type": "none"}, "searcher": {"type": "random", "seed": 0},
+                      "keep_checkpoints": 1, "resources": {"workers": 2, "cpus_per_worker": 0.5}}}
+    (tmp_path / "nested.yaml").write_text(yaml.safe_dump(space))
+    storage = tmp_path / "experiments"
+    experiment = run_search(load_space(tmp_path / "nested.yaml", data_override=str(example_dataset),
+                                       storage_override=str(storage), name_override="nested"))
+    [trial] = read_experiment(experiment).trials
+    assert (trial.status, trial.epochs_done) == ("finished", 2)  # each epoch's report reached Tune
+    [run] = (storage / "_train_runs").iterdir()
+    assert run.name == f"nested-{trial.trial_id}"  # named from the trial: a restarted trial resumes it
+    [kept] = [p for p in run.glob("checkpoint_*") if p.is_dir()]  # tune.keep_checkpoints reaches the trainer
+    # Ray Train keeps the checkpoints; Tune's result names the newest (the trial folder holds none)
+    assert trial.history[-1]["checkpoint_path"] == str(kept)

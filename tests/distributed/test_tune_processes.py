@@ -4,7 +4,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -115,23 +114,8 @@ def test_no_dashboard_is_refused_for_trials_that_nest_a_torch_trainer(example_da
     assert not (tmp_path / "experiments").exists()  # refused before Ray or any experiment folder
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop_cluster(marker: str) -> None:
-    """Stop only this test's Ray processes (a plain `ray stop` would also end the session's Ray)."""
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if marker.encode() in cmdline.read_bytes():
-                os.kill(int(cmdline.parent.name), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
-
-
-def test_tune_on_an_existing_two_node_cluster_places_trials_on_both_nodes(example_dataset, tmp_path):
+def test_tune_on_an_existing_two_node_cluster_places_trials_on_both_nodes(example_dataset, tmp_path, free_port,
+                                                                          kill_processes_mentioning):
     port = free_port()
     head_tmp = Path("/tmp") / f"aam_head_{port}"
     worker_tmp = Path("/tmp") / f"aam_worker_{port}"
@@ -151,9 +135,9 @@ def test_tune_on_an_existing_two_node_cluster_places_trials_on_both_nodes(exampl
         )
         assert result.returncode == 0, result.stderr[-3000:]
     finally:
-        stop_cluster(str(head_tmp))
-        stop_cluster(str(worker_tmp))
-        stop_cluster(f"127.0.0.1:{port}")
+        kill_processes_mentioning(str(head_tmp))
+        kill_processes_mentioning(str(worker_tmp))
+        kill_processes_mentioning(f"127.0.0.1:{port}")
     experiment = storage / "two_nodes"
     nodes = {
         json.loads(line)["node_id"]

@@ -1,0 +1,122 @@
+"""Before `aam tune --resume`: undo what a killed driver left half-done in Ray Tune's own files.
+
+One entry point, `mend_killed_experiment`. Everything else here reads or rewrites Tune's private
+experiment files, in the layout of ray 2.60 (pyproject.toml pins ray below 2.61 for this);
+tests/distributed/test_resume_repair.py fails when a Ray release changes that layout:
+
+- `experiment_state-<session>.json`: the trials Tune recorded (read by `aam.distributed.experiment`);
+- `search_gen_state-<session>.json`: the search generator's state, cloudpickled: a dict whose
+  `counter` is the number of trials it created and whose `name:ConcurrencyLimiter` entry is the
+  limiter's attributes, `live_trials` (a set of trial ids) and `num_unfinished_live_trials`;
+- each driver session writes one set of such files, named `*-<session>.*`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aam.distributed.experiment import cut_short_state, recorded_trial_ids, unrecorded_trials
+from aam.distributed.state_signature import sign_state, verify_state
+from aam.errors import AamUserError
+
+UNRECORDED_DIR = "unrecorded"  # what a resume sets aside: kept for the user, out of Tune's way
+EXPERIMENT_STATES = "experiment_state-*.json"
+SEARCH_STATES = "search_gen_state-*.json"
+COUNTER_KEY = "counter"  # trials the search generator created
+LIMITER_KEY = "name:ConcurrencyLimiter"  # the concurrency limiter's attributes
+LIVE_TRIALS = "live_trials"
+UNFINISHED_LIVE = "num_unfinished_live_trials"
+
+
+def mend_killed_experiment(experiment: Path) -> None:
+    """Make a local experiment folder one that Tune resumes correctly, and check its signed state.
+
+    After it: the newest set of Tune's state files is whole, every pickle in it was signed by
+    this user's aam (checked before anything is unpickled, here or by `Tuner.restore`), every
+    trial folder is one Tune recorded, and the search generator counts exactly those trials.
+    """
+    _set_aside_cut_short_state(experiment)
+    verify_state(experiment)
+    recorded = recorded_trial_ids(experiment)
+    if recorded is not None:
+        _set_aside_unrecorded(experiment, recorded)
+        _reconcile_search_state(experiment, recorded)
+
+
+def _move_aside(experiment: Path, paths: list[Path]) -> Path:
+    """Out of Tune's and `aam runs`' way, kept for the user to look at: nothing is deleted."""
+    aside = experiment / UNRECORDED_DIR
+    aside.mkdir(exist_ok=True)
+    for path in paths:
+        path.rename(aside / path.name)
+    return aside
+
+
+def _set_aside_cut_short_state(experiment: Path) -> None:
+    """Roll back to the previous session's snapshot when the newest was cut short mid-write.
+
+    Tune resumes from the newest snapshot of each kind (experiment state, searcher, search
+    generator, callbacks: one set per driver session), and from a truncated experiment state it
+    does not resume correctly (it may start trials a finished search does not need). Moving the
+    whole set of that session aside keeps the four consistent.
+    """
+    cut = cut_short_state(experiment)
+    if cut is None:
+        return
+    earlier = sorted(experiment.glob(EXPERIMENT_STATES))[:-1]
+    if not earlier:
+        raise AamUserError(
+            f"--resume {experiment}: Tune's experiment state {cut.name} was cut short (the search was killed while "
+            f"writing it) and there is no earlier one to resume from; start the search again under a new --name "
+            f"(`aam runs {experiment}` still lists its trials)"
+        )
+    session = cut.name.removeprefix("experiment_state-").removesuffix(".json")
+    aside = _move_aside(experiment, list(experiment.glob(f"*-{session}.*")))
+    print(f"{cut.name} was cut short when the search was stopped: resuming from the snapshot before it "
+          f"({earlier[-1].name}); that session's state files moved to {aside}", flush=True)
+
+
+def _set_aside_unrecorded(experiment: Path, recorded: set[str]) -> None:
+    """Move trial folders the killed driver never recorded out of the experiment's trials.
+
+    Tune will not continue them, so left in place they would read as trials that never finish
+    (`aam runs`) and the search would seem to hold more trials than it ran.
+    """
+    trials = unrecorded_trials(experiment, recorded)
+    if not trials:
+        return
+    aside = _move_aside(experiment, [t.path for t in trials])
+    described = ", ".join(f"{t.path.name} ({t.epochs_done} epoch{'' if t.epochs_done == 1 else 's'})" for t in trials)
+    print(f"{described}: started just before the search was stopped but not yet in Tune's "
+          f"experiment state, so Tune cannot continue them; moved to {aside}, Tune samples their places again",
+          flush=True)
+
+
+def _reconcile_search_state(experiment: Path, recorded: set[str]) -> None:
+    """Make Tune's search-generator snapshot agree with its experiment state on which trials exist.
+
+    Tune writes the two in one save but copies them to the storage path in the background, file
+    by file, while the next save may already rewrite them, so a killed driver can leave a
+    generator that counted a trial the experiment state never listed. Resumed as they are, the
+    search would run fewer trials than num_samples, and the concurrency limiter would hold a slot
+    for that trial for the rest of the search. Rewritten here, the generator's count is the
+    recorded trials and the limiter's live trials are recorded ones only.
+    """
+    import ray.cloudpickle as cloudpickle
+
+    snapshots = sorted(experiment.glob(SEARCH_STATES))
+    if not snapshots:
+        return
+    state = cloudpickle.loads(snapshots[-1].read_bytes())  # signed: verify_state has checked it
+    limiter = state.get(LIMITER_KEY, {})
+    live = set(limiter.get(LIVE_TRIALS, ()))
+    if state.get(COUNTER_KEY) == len(recorded) and live <= recorded:
+        return
+    state[COUNTER_KEY] = len(recorded)
+    if limiter:
+        limiter[LIVE_TRIALS] = live & recorded
+        limiter[UNFINISHED_LIVE] = len(live & recorded)
+    staged = snapshots[-1].with_name(f".{snapshots[-1].name}.tmp")
+    staged.write_bytes(cloudpickle.dumps(state))
+    staged.replace(snapshots[-1])
+    sign_state(experiment, experiment, [snapshots[-1].name])
