@@ -15,7 +15,7 @@ DEMO   ?= demo
 setup: $(VENV)/.installed
 
 # pip takes torch (it knows this machine's wheel folder); uv installs the rest and compiles
-# bytecode, which every Ray worker would otherwise pay for at import (RAY_NOTES §1).
+# bytecode, which every Ray worker would otherwise pay for at import (seconds per worker).
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH)" uv

@@ -115,7 +115,7 @@ def train(
 
 
 def _load_resume_state(run_dir: Path) -> dict:
-    from aam.training.loop import resume_state
+    from aam.training.resume import resume_state
 
     folder = newest_checkpoint(run_dir)
     if folder != run_dir:

@@ -20,7 +20,9 @@ from aam._files import mark_output
 from aam.config import RunConfig
 from aam.distributed.cluster import quiet_ray_loggers, ray_runtime
 from aam.errors import AamRunFailed, AamUserError
-from aam.training.loop import Session, StaticData, checkpoint_resume_state, fit
+from aam.training.loop import fit
+from aam.training.resume import checkpoint_resume_state
+from aam.training.session import Session, StaticData
 from aam.training.prepare import load_static
 
 RAY_STORAGE = "ray"  # inside the run folder while it trains: Ray Train's own checkpoints
@@ -267,7 +269,7 @@ def _check_workers(cfg: RunConfig, static: StaticData) -> None:
         from aam.training.checkpoint import load_encoder_weights
 
         vocabulary = static.asv_vocabulary() if cfg.asv_identity else None
-        load_encoder_weights(AAM(cfg, len(static.targets), static.token_width, asv_vocabulary=vocabulary),
+        load_encoder_weights(AAM(cfg, static.targets, static.token_width, asv_vocabulary=vocabulary),
                              cfg.pretrained_encoder)
 
 

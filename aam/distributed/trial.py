@@ -21,7 +21,9 @@ import pyarrow as pa
 
 from aam.config import RunConfig
 from aam.distributed._storage import storage_join
-from aam.training.loop import Session, StaticData, checkpoint_resume_state, fit
+from aam.training.loop import fit
+from aam.training.resume import checkpoint_resume_state
+from aam.training.session import Session, StaticData
 from aam.training.prepare import refit_transform
 
 NESTED_RUNS_DIR = "_train_runs"  # below the storage path: the TorchTrainer runs of nested trials

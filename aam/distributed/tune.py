@@ -27,7 +27,7 @@ from aam.distributed.space import SearchSpace
 from aam.distributed.state_signature import StateSigner, sign_state
 from aam.distributed.trial import TrialOptions, runs_in_trial, tune_trial
 from aam.errors import AamUserError
-from aam.training.loop import StaticData
+from aam.training.session import StaticData
 from aam.training.prepare import load_static
 
 NESTED_TRIAL_CPU = 0.01  # a nesting trial only waits on its TorchTrainer, whose workers hold the CPUs

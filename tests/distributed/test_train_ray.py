@@ -51,3 +51,11 @@ def test_more_workers_than_training_samples_is_a_user_error(ray_cluster, example
     with pytest.raises(AamUserError, match="workers=1000"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_pretrained_encoder_that_does_not_fit_is_refused_before_any_worker_starts(two_worker_run, tmp_path):
+    cfg, pretrained, _ = two_worker_run
+    wider = RunConfig.from_dict({**cfg.to_dict(), "d_model": 32, "pretrained_encoder": str(pretrained)})
+    with pytest.raises(AamUserError, match="does not fit this model"):
+        train(wider, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
