@@ -139,7 +139,7 @@ def checksum_file(path: Path) -> Path:
     return path.with_name(path.name + CHECKSUM_SUFFIX)
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -150,7 +150,7 @@ def _sha256(path: Path) -> str:
 def write_checksum(path: Path) -> None:
     """`NAME.sha256` beside `path`, in `sha256sum` format (`sha256sum -c` checks it too)."""
     path = Path(path)
-    checksum_file(path).write_text(f"{_sha256(path)}  {path.name}\n")
+    checksum_file(path).write_text(f"{sha256_of(path)}  {path.name}\n")
 
 
 def verify_checksum(path: Path) -> bool:
@@ -161,7 +161,7 @@ def verify_checksum(path: Path) -> bool:
     if not sidecar.is_file():
         return False
     expected = sidecar.read_text().split()[:1]
-    if expected != [_sha256(path)]:
+    if expected != [sha256_of(path)]:
         raise AamUserError(f"{path}: its contents do not match {sidecar.name} (the file is corrupt or was changed "
                            "after aam wrote it); use another copy, or an earlier checkpoint")
     return True

@@ -83,3 +83,23 @@ def expanded_size(node, limit: int = MAX_YAML_NODES) -> int:
         return sizes[id(n)]
 
     return size(node)
+
+
+class TooManyNodes(ValueError):
+    """A document whose aliases, followed, make more than MAX_YAML_NODES nodes."""
+
+
+def load_strict(text: str):
+    """One YAML document read with `StrictLoader`, refused (TooManyNodes) before it is built when
+    following its aliases would make it larger than MAX_YAML_NODES."""
+    loader = StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if expanded_size(node) > MAX_YAML_NODES:
+            raise TooManyNodes(f"expands to more than {MAX_YAML_NODES:,} YAML nodes once its aliases (*name) "
+                               "are followed")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()

@@ -17,15 +17,12 @@ def load_run_file(path: Path) -> dict:
     """A run config as YAML or JSON (JSON is YAML): the same keys as the flags."""
     if not path.is_file():
         raise AamUserError(f"--config {path}: no such file")
-    from aam._yaml import MAX_YAML_NODES, expanded_size
+    from aam._yaml import TooManyNodes, load_strict
 
     try:
-        text = path.read_text()
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None and expanded_size(node) > MAX_YAML_NODES:
-            raise AamUserError(f"--config {path}: expands to more than {MAX_YAML_NODES:,} YAML nodes once its "
-                               "aliases (*name) are followed; a run config needs far fewer")
-        values = yaml.safe_load(text)
+        values = load_strict(path.read_text())
+    except TooManyNodes as e:
+        raise AamUserError(f"--config {path}: {e}; a run config needs far fewer") from None
     except UnicodeDecodeError:
         raise AamUserError(f"--config {path}: not a text file") from None
     except yaml.YAMLError as e:

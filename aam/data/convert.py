@@ -6,7 +6,6 @@ appears only when complete (written beside `out`, then renamed).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 import aam
-from aam._files import check_output_folder, mark_output, staged_folder
+from aam._files import check_output_folder, mark_output, sha256_of, staged_folder
 from aam.data import _metadata, _split, _unifrac
 from aam.data._biom import TableData, read_table
 from aam.data.sequences import SEQUENCE_RULE, tokenize
@@ -106,16 +105,8 @@ def rarefy_table(td: TableData, depth: int, seed: int) -> TableData:
     return rarefied.select()
 
 
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _source(path) -> dict | None:
-    return None if path is None else {"path": str(Path(path).resolve()), "sha256": _sha256(path)}
+    return None if path is None else {"path": str(Path(path).resolve()), "sha256": sha256_of(path)}
 
 
 def _n(count: int, noun: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from aam._yaml import MAX_YAML_CHARS, MAX_YAML_NODES, StrictLoader, expanded_size
+from aam._yaml import MAX_YAML_CHARS, TooManyNodes, load_strict
 from aam.config import RunConfig, coerce_value, did_you_mean, field_problem, field_type, unknown_field
 from aam.errors import AamUserError
 
@@ -42,19 +42,9 @@ def load_yaml(path: Path) -> Any:
         raise AamUserError(f"{path}: {len(text):,} characters is too large for a search space "
                            f"(limit {MAX_YAML_CHARS:,}); is it the right file?")
     try:
-        loader = StrictLoader(text)
-        try:
-            node = loader.get_single_node()
-            if node is None:
-                return None
-            size = expanded_size(node)
-            if size > MAX_YAML_NODES:
-                raise AamUserError(f"{path}: expands to more than {MAX_YAML_NODES:,} YAML nodes once its aliases "
-                                   "(*name) are followed; a search space needs far fewer, so write it without "
-                                   "nested aliases")
-            return loader.construct_document(node)
-        finally:
-            loader.dispose()
+        return load_strict(text)
+    except TooManyNodes as e:
+        raise AamUserError(f"{path}: {e}; a search space needs far fewer, so write it without nested aliases") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

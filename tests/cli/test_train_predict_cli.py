@@ -49,6 +49,16 @@ def test_config_file_with_an_unknown_key_names_the_file_and_key(example_dataset,
     assert "unknown key 'learning_rate'" in result.stderr and str(run_yaml) in result.stderr
 
 
+def test_a_config_file_reads_off_as_the_word_and_1e_4_as_a_number(tmp_path):
+    # PyYAML's YAML 1.1 would read `off` as False (not a count_embed) and `1e-4` as a string
+    from aam.cli.train import load_run_file, resolve_config
+
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text("count_embed: off\nlr: 1e-4\nema_warmup: off\n")
+    cfg = resolve_config(load_run_file(run_yaml), {}, where=str(run_yaml))
+    assert (cfg.count_embed, cfg.lr, cfg.ema_warmup) == ("off", 1e-4, "off")
+
+
 def test_a_non_empty_out_folder_is_refused_without_force(example_dataset, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("mine")
