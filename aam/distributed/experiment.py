@@ -4,7 +4,8 @@ Sources, all plain files Tune and the trials leave behind:
 - `experiment_state-*.json` (Tune): each trial's status and last result;
 - `trial_*/result.json` (Tune, one JSON line per epoch): the metric history;
 - `trial_*/config.json` (the trial): its resolved run config;
-- `trial_*/checkpoint_*/model.pt` (the loop): the trial's best model so far;
+- `trial_*/checkpoint_*/model.pt` (the loop): the trial's best model so far (for a multi-worker
+  trial, `_train_runs/NAME-TRIAL/checkpoint_*`, named by its results' `checkpoint_path`);
 - `trial_*/error.txt` (Tune, one block per failure): why a trial failed. Its twin `error.pkl` is a
   pickle and is never read: unpickling a file from a shared folder could run code;
 - `trial_*/aam-failed.json` (the `aam tune` driver): the trial failed for good. Tune's own
@@ -27,6 +28,8 @@ from aam.errors import AamUserError
 
 SPACE_FILE = "aam-space.yaml"  # the resolved space `aam tune` writes beside Tune's own files
 FAILED_FILE = "aam-failed.json"
+NESTED_RUNS_DIR = "_train_runs"  # below the storage path: the TorchTrainer runs of multi-worker trials
+CHECKPOINT_PATH_KEY = "checkpoint_path"  # where Ray Train's TuneReportCallback names a nested run's checkpoint
 
 
 @dataclass
@@ -43,10 +46,26 @@ class Trial:
 
 
     def checkpoint(self) -> Path | None:
-        """The newest kept checkpoint: its model.pt holds the trial's best weights so far."""
+        """The newest kept checkpoint: its model.pt holds the trial's best weights so far.
+
+        A one-worker trial keeps its checkpoints in its own folder. A multi-worker trial nests a
+        TorchTrainer whose checkpoints stay in Ray Train's run (STORAGE/_train_runs/NAME-TRIAL);
+        each result names the newest as `checkpoint_path`, looked for where it was written and,
+        for an experiment moved since, at the same place below this experiment's storage.
+        """
         folders = sorted(self.path.glob("checkpoint_*"))
         folders = [f for f in folders if (f / "model.pt").is_file()]
-        return folders[-1] if folders else None
+        if folders:
+            return folders[-1]
+        for result in reversed(self.history):
+            written = Path(str(result.get(CHECKPOINT_PATH_KEY) or ""))
+            if not written.name:
+                continue
+            moved = self.path.parent.parent / NESTED_RUNS_DIR / written.parent.name / written.name
+            for folder in (written, moved):
+                if (folder / "model.pt").is_file():
+                    return folder
+        return None
 
 
 @dataclass

@@ -21,12 +21,12 @@ import pyarrow as pa
 
 from aam.config import RunConfig
 from aam.distributed._storage import storage_join
+from aam.distributed.experiment import NESTED_RUNS_DIR
 from aam.training.loop import fit
 from aam.training.resume import checkpoint_resume_state
 from aam.training.session import Session, StaticData
 from aam.training.prepare import refit_transform
 
-NESTED_RUNS_DIR = "_train_runs"  # below the storage path: the TorchTrainer runs of nested trials
 
 
 @dataclass(frozen=True)

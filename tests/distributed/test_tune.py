@@ -220,3 +220,8 @@ def test_a_trial_with_two_workers_nests_a_torch_trainer_that_keeps_the_spaces_ch
     [kept] = [p for p in run.glob("checkpoint_*") if p.is_dir()]  # tune.keep_checkpoints reaches the trainer
     # Ray Train keeps the checkpoints; Tune's result names the newest (the trial folder holds none)
     assert trial.history[-1]["checkpoint_path"] == str(kept)
+    assert trial.checkpoint() == kept  # what export, ensembles and the summary load
+    moved = tmp_path / "moved"
+    storage.rename(moved)  # an experiment copied elsewhere still finds its nested checkpoints
+    [trial] = read_experiment(moved / "nested").trials
+    assert trial.checkpoint() == moved / "_train_runs" / run.name / kept.name
