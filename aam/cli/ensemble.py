@@ -29,7 +29,21 @@ def _candidates(sources: list[Path], top: int) -> tuple[list[tuple[str, Path]], 
         else:
             raise AamUserError(f"{source}: neither an experiment folder (STORAGE/NAME), a run folder with a "
                                "model.pt, nor a folder of run folders (`aam train --seeds K --out OUT`)")
-    return found, None
+    return _distinct_names(found), None
+
+
+def _distinct_names(found: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    """Runs of several recipes are often all called seed_0, seed_1...: name those that clash by
+    as many trailing parts of their paths as tell them apart (a/seed_0, b/seed_0)."""
+    names = [name for name, _ in found]
+    if len(set(names)) == len(names):
+        return found
+    folders = [folder.resolve() for _, folder in found]
+    for depth in range(2, max(len(f.parts) for f in folders) + 1):
+        names = ["/".join(f.parts[-depth:]) for f in folders]
+        if len(set(names)) == len(names):
+            break
+    return list(zip(names, (folder for _, folder in found)))
 
 
 @app.command()

@@ -86,6 +86,17 @@ def test_ensemble_of_seeds_is_scored_once_on_test_and_predicts_new_tables(seed_r
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
+def test_members_of_several_run_folders_keep_names_that_tell_them_apart(seed_runs, tmp_path):
+    # the runs of two recipes, each with its own seed_0 and seed_1
+    for recipe in ("plain", "bagged"):
+        shutil.copytree(seed_runs, tmp_path / recipe)
+    runs = sorted((tmp_path / recipe / seed) for recipe in ("plain", "bagged") for seed in ("seed_0", "seed_1"))
+    made = aam("ensemble", *runs, "--out", tmp_path / "ens", "--rounds", "2")
+    assert made.returncode == 0, made.stderr
+    info = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert info["candidates"] == ["bagged/seed_0", "bagged/seed_1", "plain/seed_0", "plain/seed_1"]
+
+
 @pytest.mark.slow
 def test_an_ensemble_with_the_forest_says_so_and_cannot_predict_new_tables(seed_runs, example_dataset, tmp_path):
     forest = tmp_path / "rf"
