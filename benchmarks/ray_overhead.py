@@ -204,7 +204,7 @@ def fixed_costs() -> dict:
             timings["noop_trial_ok"] = not grid.errors
         t2 = time.perf_counter()
     timings["ray_shutdown_s"] = time.perf_counter() - t2
-    # the same start without the dashboard, for comparison (the project keeps it on: RAY_NOTES §0)
+    # the same start without the dashboard, for comparison (the project keeps it on: it is how a user watches a search)
     import ray
 
     t3 = time.perf_counter()
