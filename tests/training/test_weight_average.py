@@ -80,7 +80,7 @@ def test_the_warmed_up_average_forgets_its_start_and_then_settles_at_the_decay(e
             model.weight.fill_(0.0)  # every later step's weights
         for _ in range(n - 1):
             average.update_parameters(model)
-        averages[mode] = float(average.module.weight)  # = the initial weights' remaining share
+        averages[mode] = float(average.module.weight.detach())  # = the initial weights' remaining share
     assert averages["off"] == pytest.approx(decay ** (n - 1), rel=1e-5)
     expected = 1.0
     for k in range(1, n):
