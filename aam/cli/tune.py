@@ -30,7 +30,8 @@ def tune(
 
     set_ray_env()  # before Ray is imported: workers inherit it
     from aam.distributed.space import load_space
-    from aam.distributed.tune import load_experiment_space, run_search
+    from aam.distributed.experiment import load_experiment_space
+    from aam.distributed.tune import run_search
 
     if resume is not None:
         if space is not None:

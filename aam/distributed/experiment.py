@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from aam.distributed.space import when_holds
+from aam.distributed.space import SearchSpace, when_holds
 from aam.errors import AamUserError
 
 SPACE_FILE = "aam-space.yaml"  # the resolved space `aam tune` writes beside Tune's own files
@@ -135,6 +135,17 @@ class Experiment:
                 row[key] = sampled.get(key)  # blank: a conditional this trial did not sample
             rows.append(row)
         return pd.DataFrame(rows)
+
+
+def load_experiment_space(experiment: Path) -> SearchSpace:
+    """The space an experiment was started with (for --resume and reading results)."""
+    import yaml
+
+    file = Path(experiment) / SPACE_FILE
+    if not file.is_file():
+        raise AamUserError(f"{experiment}: not an aam experiment folder (no {SPACE_FILE}); pass STORAGE/NAME")
+    raw = yaml.safe_load(file.read_text())
+    return SearchSpace.from_dict(raw, where=str(file), stem=raw.get("name") or Path(experiment).name)
 
 
 def read_experiment(path: str | Path) -> Experiment:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from aam.distributed.experiment import Experiment, Trial, read_experiment
+from aam.distributed.experiment import Experiment, Trial, load_experiment_space, read_experiment
 from aam.errors import AamUserError
 
 REPORT_FILE = "report.html"
@@ -137,16 +137,11 @@ def _optuna_study(experiment: Experiment, scored: list[Trial]):
     import optuna
 
     from aam.distributed._space_validate import encode_choice
-    from aam.distributed.space import SearchSpace
 
     if len(scored) < 2:
         return "needs at least two scored trials"
     try:
-        import yaml
-
-        raw = yaml.safe_load((experiment.path / "aam-space.yaml").read_text())
-        space = SearchSpace.from_dict(raw, where=str(experiment.path / "aam-space.yaml"),
-                                      stem=raw.get("name") or experiment.path.name)
+        space = load_experiment_space(experiment.path)
     except AamUserError as e:
         return f"the experiment's search space no longer loads ({e})"
     optuna.logging.set_verbosity(optuna.logging.WARNING)

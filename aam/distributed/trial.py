@@ -28,7 +28,6 @@ from aam.training.session import Session, StaticData
 from aam.training.prepare import refit_transform
 
 
-
 @dataclass(frozen=True)
 class TrialOptions:
     """What a trial takes from its search besides its config (the same for every trial)."""

@@ -157,11 +157,3 @@ def _write_space(space: SearchSpace, experiment: Path | str) -> None:
         mark_output(experiment, "experiment")
     write_text(experiment, SPACE_FILE, yaml.safe_dump(space.to_dict(), sort_keys=False))
 
-
-def load_experiment_space(experiment: Path) -> SearchSpace:
-    """The space an experiment was started with (for --resume and reading results)."""
-    file = Path(experiment) / SPACE_FILE
-    if not file.is_file():
-        raise AamUserError(f"{experiment}: not an aam experiment folder (no {SPACE_FILE}); pass STORAGE/NAME")
-    raw = yaml.safe_load(file.read_text())
-    return SearchSpace.from_dict(raw, where=str(file), stem=raw.get("name") or Path(experiment).name)
