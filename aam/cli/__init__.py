@@ -8,7 +8,7 @@ from aam.cli._app import app
 from aam.errors import AamUserError
 
 # Importing a command module registers its command on `app`.
-from aam.cli import baseline, convert, ensemble, export, predict, report, runs, train, tune  # noqa: E402,F401
+from aam.cli import baseline, convert, ensemble, export, pool, predict, report, runs, train, tune  # noqa: E402,F401
 
 
 def main() -> None:

@@ -4,6 +4,8 @@
 - `Dataset.open(path)`: read one back.
 - `read_table(path, sequences=None)` + `table_to_rows(td, width=...)`: the same table -> rows path
   that prediction uses on new tables.
+- `pool_datasets(sources, out)`: converted folders -> one target-free pretraining dataset
+  (train and val samples only; see `aam.data.pool`).
 - `parse_split("0.8/0.1/0.1")`: the `--split` text -> fractions, with a one-line error.
 """
 
@@ -11,6 +13,7 @@ from aam.data._biom import TableData, read_table
 from aam.data._split import parse_split
 from aam.data.convert import ConvertReport, convert_dataset, table_to_rows
 from aam.data.dataset import Dataset
+from aam.data.pool import pool_datasets
 from aam.data.sequences import SEQUENCE_RULE, VOCAB_SIZE, tokenize
 
 __all__ = [
@@ -21,6 +24,7 @@ __all__ = [
     "VOCAB_SIZE",
     "convert_dataset",
     "parse_split",
+    "pool_datasets",
     "read_table",
     "table_to_rows",
     "tokenize",

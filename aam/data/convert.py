@@ -262,7 +262,7 @@ def convert_dataset(
 
     samples = _samples_table(rows, split_names, columns, uf)
     width = tokens.shape[1]
-    asvs = _asvs_table(sub.observation_ids, seq_list, tokens)
+    asvs = asvs_table(sub.observation_ids, seq_list, tokens)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "aam_version": aam.__version__,
@@ -278,7 +278,7 @@ def convert_dataset(
         "dropped": {r: {"count": len(ids), "examples": ids[:N_EXAMPLES]} for r, ids in dropped.items()},
         "sequence_rule": SEQUENCE_RULE,
     }
-    _write(out, overwrite, manifest, samples, asvs, None if uf is None else uf.matrix)
+    write_dataset(out, overwrite, manifest, samples, asvs, None if uf is None else uf.matrix)
     return ConvertReport(
         out=out,
         n_samples=len(kept),
@@ -319,7 +319,7 @@ def _samples_table(rows: pa.Table, split_names: np.ndarray, columns: dict[str, p
     return samples.select(["sample_id", "split", "asv_idx", "counts", "depth", *columns, "unifrac_row"])
 
 
-def _asvs_table(observation_ids: Sequence[str], sequences: list[str], tokens: np.ndarray) -> pa.Table:
+def asvs_table(observation_ids: Sequence[str], sequences: list[str], tokens: np.ndarray) -> pa.Table:
     """asvs.parquet: a row per ASV (its index, ID, sequence and fixed-width tokens)."""
     return pa.table(
         {
@@ -331,7 +331,7 @@ def _asvs_table(observation_ids: Sequence[str], sequences: list[str], tokens: np
     )
 
 
-def _write(out: Path, overwrite: bool, manifest: dict, samples: pa.Table, asvs: pa.Table, unifrac) -> None:
+def write_dataset(out: Path, overwrite: bool, manifest: dict, samples: pa.Table, asvs: pa.Table, unifrac) -> None:
     """Write into a hidden sibling folder, then rename: a failure leaves nothing at `out`."""
     _check_out(out, overwrite)
     with staged_folder(out) as tmp:

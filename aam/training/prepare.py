@@ -45,9 +45,10 @@ def load_static(cfg: RunConfig) -> tuple[StaticData, pa.Table]:
     if cfg.train_on_val:
         train_rows = pa.concat_tables([splits["train"], splits["val"]])
     transform = fit_transform(cfg, targets, train_rows)
+    tokens = encoder_width_tokens(cfg.pretrained_encoder, dataset.tokens) if cfg.pretrained_encoder else dataset.tokens
     static = StaticData(
-        tokens=dataset.tokens,
-        token_width=int(dataset.token_width),
+        tokens=tokens,
+        token_width=int(tokens.shape[1]),
         targets=targets,
         categoricals={k: list(v) for k, v in dataset.categoricals.items()},
         unifrac=None if dataset.unifrac is None else np.asarray(dataset.unifrac, dtype=np.float32),
@@ -65,6 +66,19 @@ def load_static(cfg: RunConfig) -> tuple[StaticData, pa.Table]:
     return static, train_rows
 
 
+def encoder_width_tokens(pretrained_encoder: str, tokens: np.ndarray) -> np.ndarray:
+    """The dataset's tokens at the pretrained encoder's width: a pool of studies (`aam pool`) is as
+    wide as its longest reads, and shorter reads are padded to it, as they were in the pool."""
+    from aam.training.checkpoint import read_payload
+
+    width = int(read_payload(pretrained_encoder)["token_width"])
+    if width < tokens.shape[1]:
+        raise AamUserError(f"pretrained_encoder={pretrained_encoder}: trained on sequences of up to {width} bp, "
+                           f"this dataset has {tokens.shape[1]} bp; trim its sequences to {width} bp or "
+                           "pretrain on a pool that includes it")
+    return np.pad(tokens, ((0, 0), (0, width - tokens.shape[1])))  # 0 is the padding token
+
+
 def encode_frozen(cfg: RunConfig, static: StaticData, rows: pa.Table) -> StaticData:
     """Every ASV, then every sample, of the dataset through the frozen pretrained encoders, once.
 
@@ -79,10 +93,6 @@ def encode_frozen(cfg: RunConfig, static: StaticData, rows: pa.Table) -> StaticD
     from aam.training.checkpoint import load_encoder_weights, read_payload
 
     payload = read_payload(cfg.pretrained_encoder)
-    if payload["token_width"] < static.tokens.shape[1]:
-        raise AamUserError(f"pretrained_encoder={cfg.pretrained_encoder}: trained on sequences of up to "
-                           f"{payload['token_width']} bp, this dataset has {static.tokens.shape[1]} bp; "
-                           "use the same trimming")
     # the encoders of the model `fit` builds, set up as it sets them up: the cache holds exactly
     # what they would compute (a count_feature the encoder did not learn is refused here, before encoding)
     model = AAM(cfg, [], static.token_width)

@@ -157,6 +157,45 @@ def test_pretrain_without_targets_then_fine_tune_a_frozen_encoder(example_datase
                              count_feature="relative"))
 
 
+def test_an_encoder_pretrained_on_a_pool_fine_tunes_a_study_with_shorter_reads(example_dataset, tmp_path):
+    """`aam pool` of 176 bp and 150 bp studies -> pretrain -> fine-tune and predict on the 150 bp one."""
+    import biom
+    from biom.util import biom_open
+
+    from aam.data import convert_dataset, pool_datasets
+    from aam.examples import path
+    from aam.training.predict import predict_table
+
+    src = path("mouse_age_mini")
+    # the same samples read 150 bp long: ASVs equal on their first 150 bp merge (biom sums them)
+    short = biom.load_table(str(src / "feature-table.biom")).collapse(
+        lambda oid, _: oid[:150], axis="observation", norm=False)
+    with biom_open(str(tmp_path / "short.biom"), "w") as f:
+        short.to_hdf5(f, "aam tests")
+    short_dataset = tmp_path / "short150"
+    convert_dataset(tmp_path / "short.biom", src / "sample-metadata.tsv", short_dataset, ["Age_wk"], seed=1)
+    pool_datasets([example_dataset, short_dataset], tmp_path / "pool")
+    _, pre, _ = run(tiny_cfg(tmp_path / "pool", epochs=1))
+    pretrained = tmp_path / "pretrained"
+    shutil.copytree(pre.last_checkpoint, pretrained)
+
+    fine_cfg = tiny_cfg(short_dataset, pretrained_encoder=str(pretrained), freeze_encoder=True, epochs=1)
+    static, fine, metrics = run(fine_cfg)
+    assert static.token_width == 176 and (static.tokens[:, 150:] == 0).all()  # padded as in the pool
+    before = load_model(pretrained).model.state_dict()
+    after = load_model(fine.last_checkpoint).model.state_dict()
+    torch.testing.assert_close(before["asv_encoder.position_embedding.weight"],
+                               after["asv_encoder.position_embedding.weight"])
+    predicted, _ = predict_table(fine.last_checkpoint / "model.pt", tmp_path / "short.biom")
+    assert len(predicted) == short.shape[1]
+    assert np.isfinite(predicted["Age_wk_predicted"].to_numpy()).all()
+
+    # an encoder of narrower reads than the dataset cannot read it: refused, saying how to fix it
+    _, narrow, _ = run(tiny_cfg(short_dataset, epochs=1))
+    with pytest.raises(AamUserError, match="trained on sequences of up to 150 bp, this dataset has 176 bp"):
+        load_static(tiny_cfg(example_dataset, pretrained_encoder=str(narrow.last_checkpoint)))
+
+
 def test_train_on_val_keeps_the_last_epoch(example_dataset):
     cfg = tiny_cfg(example_dataset, epochs=3, train_on_val=True)
     static, rows = load_static(cfg)
