@@ -1,4 +1,4 @@
-"""`aam convert` through the real entry point (aam.cli.main): output, exit codes, one-line errors."""
+"""`aam convert` and `aam pool` through the real entry point (aam.cli.main): output, exit codes, one-line errors."""
 
 import subprocess
 import sys
@@ -14,8 +14,8 @@ EX = examples.path("mouse_age_mini")
 BASE = ["--table", str(EX / "feature-table.biom"), "--metadata", str(EX / "sample-metadata.tsv")]
 
 
-def run_main(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["aam", "convert", *map(str, args)])
+def run_main(monkeypatch, capsys, *args, command="convert"):
+    monkeypatch.setattr(sys, "argv", ["aam", command, *map(str, args)])
     code = 0
     try:
         main()
@@ -92,3 +92,18 @@ def test_convert_bundled_example(monkeypatch, capsys, tmp_path):
     assert ds.manifest["split"]["seed"] == 3
     code, _, stderr = run_main(monkeypatch, capsys, "--out", tmp_path / "x")
     assert code == 2 and "--table is required (or pass --example mouse_age_mini" in stderr
+
+
+def test_pool_prints_what_it_kept_and_a_mistake_is_one_line(monkeypatch, capsys, example_dataset, tmp_path):
+    out = tmp_path / "pool"
+    code, stdout, stderr = run_main(monkeypatch, capsys, example_dataset, "--out", out, command="pool")
+    assert code in (0, None), stderr
+    pool = Dataset.open(out)
+    n = Dataset.open(example_dataset).manifest["split"]["counts"]
+    assert len(pool.samples) == n["train"] + n["val"]
+    assert f"kept {n['train'] + n['val']} samples" in stdout and stdout.strip().endswith(f"wrote {out}")
+
+    code, stdout, stderr = run_main(monkeypatch, capsys, tmp_path / "nowhere", "--out", tmp_path / "second",
+                                     command="pool")
+    assert code == 2 and stderr.count("\n") == 1 and "does not exist" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "second").exists()
