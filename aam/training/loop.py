@@ -321,6 +321,8 @@ def _save_epoch(run: _Run, epoch: int, metrics: dict) -> None:
 def _test_best_epoch(run: _Run) -> dict:
     """Score the best epoch's weights on the test split; write its predictions and figures."""
     static, workdir, model = run.static, run.workdir, run.evaluated
+    if static.eval_rows["test"].num_rows == 0:
+        return {}  # a pool of studies (`aam pool`) holds no test samples: nothing to score, not a zero
     payload = load_torch(workdir / MODEL_FILE, "aam model")
     current = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(payload["state_dict"])
