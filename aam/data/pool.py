@@ -11,7 +11,8 @@ What is kept, and why:
   the longest sequence of any source: fine-tuning on a source with shorter reads pads its tokens
   to this width (see `aam.training.prepare`);
 - no targets, categoricals or UniFrac: distances between studies were never computed.
-Sample IDs become `SOURCE_FOLDER/SAMPLE_ID`, so two studies may reuse a name.
+Sample IDs become `SOURCE_FOLDER/SAMPLE_ID`, so two studies may reuse a name. Two folders converted
+from one table (two splits of a study) are refused: one's test samples are the other's train.
 """
 
 from __future__ import annotations
@@ -46,9 +47,17 @@ def _open_sources(sources: Sequence[Path]) -> list[Dataset]:
                                "so give each study once, in folders of distinct names")
         names[resolved.name] = resolved
     datasets = [Dataset.open(p) for p in sources]
+    tables: dict[str, Path] = {}
     for ds in datasets:
         if ds.manifest.get("pooled_from"):
             raise AamUserError(f"{ds.path} is itself a pool; pool its source folders instead")
+        table = (ds.manifest.get("sources") or {}).get("table") or {}
+        if table.get("sha256") in tables:
+            # two splits of one table: one's test samples are the other's train samples
+            raise AamUserError(f"{ds.path} and {tables[table['sha256']]} were converted from the same table; "
+                               "pool it once, so no source's test samples reach pretraining")
+        if table.get("sha256"):
+            tables[table["sha256"]] = ds.path
     return datasets
 
 

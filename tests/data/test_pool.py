@@ -77,7 +77,7 @@ def test_pool_joins_asvs_by_sequence_and_pads_shorter_reads_to_the_longest(studi
     assert [s["path"] for s in pool.manifest["pooled_from"]] == [str(gut.resolve()), str(soil.resolve())]
 
 
-def test_pool_refuses_a_folder_twice_a_pool_as_source_and_writing_into_a_source(studies, tmp_path):
+def test_pool_refuses_a_folder_twice_a_pool_as_source_one_table_twice_and_writing_into_a_source(studies, tmp_path):
     gut, soil = studies
     with pytest.raises(AamUserError, match="is given twice"):
         pool_datasets([gut, gut], tmp_path / "twice")
@@ -90,5 +90,10 @@ def test_pool_refuses_a_folder_twice_a_pool_as_source_and_writing_into_a_source(
     with pytest.raises(AamUserError, match="--out .*gut.*input"):
         pool_datasets([gut, soil], gut, overwrite=True)
     assert json.loads((gut / "manifest.json").read_text()) == before
+    regrouped = tmp_path / "gut_again"
+    convert_dataset(tmp_path / "gut.biom", tmp_path / "gut.tsv", regrouped, ["age"], seed=5)
+    with pytest.raises(AamUserError, match="were converted from the same table"):
+        pool_datasets([gut, regrouped], tmp_path / "same_table")
+    assert not (tmp_path / "same_table").exists()
     with pytest.raises(AamUserError, match="no dataset folder to pool"):
         pool_datasets([], tmp_path / "empty")
