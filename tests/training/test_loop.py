@@ -157,6 +157,7 @@ def test_pretrain_without_targets_then_fine_tune_a_frozen_encoder(example_datase
                              count_feature="relative"))
 
 
+@pytest.mark.slow
 def test_an_encoder_pretrained_on_a_pool_fine_tunes_a_study_with_shorter_reads(example_dataset, tmp_path):
     """`aam pool` of 176 bp and 150 bp studies -> pretrain -> fine-tune and predict on the 150 bp one."""
     import biom
