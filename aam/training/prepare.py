@@ -45,7 +45,12 @@ def load_static(cfg: RunConfig) -> tuple[StaticData, pa.Table]:
     if cfg.train_on_val:
         train_rows = pa.concat_tables([splits["train"], splits["val"]])
     transform = fit_transform(cfg, targets, train_rows)
-    tokens = encoder_width_tokens(cfg.pretrained_encoder, dataset.tokens) if cfg.pretrained_encoder else dataset.tokens
+    payload = None
+    if cfg.pretrained_encoder:
+        from aam.training.checkpoint import read_payload
+
+        payload = read_payload(cfg.pretrained_encoder)  # read once: for the width here, the cache below
+    tokens = encoder_width_tokens(cfg.pretrained_encoder, payload, dataset.tokens) if payload else dataset.tokens
     static = StaticData(
         tokens=tokens,
         token_width=int(tokens.shape[1]),
@@ -62,16 +67,15 @@ def load_static(cfg: RunConfig) -> tuple[StaticData, pa.Table]:
         train_asv_idx=np.unique(train_rows.column("asv_idx").combine_chunks().flatten().to_numpy()),
     )
     if cfg.freeze_encoder and cfg.cache_asv_vectors:
-        static = encode_frozen(cfg, static, pa.concat_tables(list(splits.values())))
+        static = encode_frozen(cfg, static, pa.concat_tables(list(splits.values())), payload)
     return static, train_rows
 
 
-def encoder_width_tokens(pretrained_encoder: str, tokens: np.ndarray) -> np.ndarray:
-    """The dataset's tokens at the pretrained encoder's width: a pool of studies (`aam pool`) is as
-    wide as its longest reads, and shorter reads are padded to it, as they were in the pool."""
-    from aam.training.checkpoint import read_payload
-
-    width = int(read_payload(pretrained_encoder)["token_width"])
+def encoder_width_tokens(pretrained_encoder: str, payload: dict, tokens: np.ndarray) -> np.ndarray:
+    """The dataset's tokens at the pretrained encoder's width (`payload`: its `read_payload`): a pool
+    of studies (`aam pool`) is as wide as its longest reads, and shorter reads are padded to it, as
+    they were in the pool."""
+    width = int(payload["token_width"])
     if width < tokens.shape[1]:
         raise AamUserError(f"pretrained_encoder={pretrained_encoder}: trained on sequences of up to {width} bp, "
                            f"this dataset has {tokens.shape[1]} bp; trim its sequences to {width} bp or "
@@ -79,7 +83,7 @@ def encoder_width_tokens(pretrained_encoder: str, tokens: np.ndarray) -> np.ndar
     return np.pad(tokens, ((0, 0), (0, width - tokens.shape[1])))  # 0 is the padding token
 
 
-def encode_frozen(cfg: RunConfig, static: StaticData, rows: pa.Table) -> StaticData:
+def encode_frozen(cfg: RunConfig, static: StaticData, rows: pa.Table, payload: dict) -> StaticData:
     """Every ASV, then every sample, of the dataset through the frozen pretrained encoders, once.
 
     A search over heads, losses or fusion on a frozen encoder then never runs the nucleotide
@@ -90,9 +94,8 @@ def encode_frozen(cfg: RunConfig, static: StaticData, rows: pa.Table) -> StaticD
 
     from aam.data.collate import BatchSpec, collate
     from aam.models import AAM
-    from aam.training.checkpoint import load_encoder_weights, read_payload
+    from aam.training.checkpoint import load_encoder_weights
 
-    payload = read_payload(cfg.pretrained_encoder)
     # the encoders of the model `fit` builds, set up as it sets them up: the cache holds exactly
     # what they would compute (a count_feature the encoder did not learn is refused here, before encoding)
     model = AAM(cfg, [], static.token_width)

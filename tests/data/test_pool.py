@@ -32,12 +32,10 @@ def studies(tmp_path, write_biom, write_tsv):
     return gut, soil
 
 
-def _counts_by_sequence(ds: Dataset, sample_prefix: str = "") -> dict[str, dict[str, float]]:
+def _counts_by_sequence(ds: Dataset) -> dict[str, dict[str, float]]:
     seqs = ds.asvs.column("sequence").to_pylist()
-    out = {}
-    for row in ds.samples.to_pylist():
-        out[row["sample_id"].removeprefix(sample_prefix)] = {seqs[i]: c for i, c in zip(row["asv_idx"], row["counts"])}
-    return out
+    return {row["sample_id"]: {seqs[i]: c for i, c in zip(row["asv_idx"], row["counts"])}
+            for row in ds.samples.to_pylist()}
 
 
 def test_pool_keeps_train_and_val_of_every_study_with_their_counts_and_never_a_test_sample(studies, tmp_path):
