@@ -8,6 +8,7 @@ folder is read back by `experiment.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from aam.distributed.state_signature import StateSigner, sign_state
 from aam.distributed.trial import TrialOptions, runs_in_trial, tune_trial
 from aam.errors import AamUserError
 from aam.training.session import StaticData
-from aam.training.prepare import load_static
+from aam.training.prepare import fit_transform, load_static
 
 NESTED_TRIAL_CPU = 0.01  # a nesting trial only waits on its TorchTrainer, whose workers hold the CPUs
 
@@ -50,6 +51,7 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
         _check_new_experiment(experiment, space)
     static, train_rows = load_static(shared)
     _check_choices_fit_dataset(space, static)
+    _check_transforms_fit_targets(space, shared, static, train_rows)
     if resume:
         print(f"resuming {experiment}", flush=True)
         if isinstance(experiment, Path):
@@ -125,6 +127,22 @@ def _check_choices_fit_dataset(space: SearchSpace, static: StaticData) -> None:
                     value = list(choice) if isinstance(choice, tuple) else choice
                     check_dataset_value(param.name, value, static.targets, list(static.categoricals),
                                         where=f"{space.source}: search.{param.name}")
+
+
+def _check_transforms_fit_targets(space: SearchSpace, shared: RunConfig, static: StaticData,
+                                  train_rows: pa.Table) -> None:
+    """A searched log transform that cannot fit the training targets (log1p of a latitude of -43)
+    fails now, not in whichever trial draws it; the fixed transform was fitted by load_static."""
+    for param in space.params:
+        if param.name != "target_transform" or not static.targets:
+            continue
+        logs = {c for branch in param.branches for c in branch.choices if str(c).startswith("log-")}
+        for choice in sorted(logs):
+            try:
+                fit_transform(dataclasses.replace(shared, target_transform=choice), static.targets, train_rows)
+            except AamUserError as e:
+                raise AamUserError(f"{space.source}: search.target_transform: choice '{choice}' cannot fit the "
+                                   f"training targets ({e}); remove it from the choices") from None
 
 
 def _trial_name(trial) -> str:

@@ -225,3 +225,28 @@ def test_a_trial_with_two_workers_nests_a_torch_trainer_that_keeps_the_spaces_ch
     storage.rename(moved)  # an experiment copied elsewhere still finds its nested checkpoints
     [trial] = read_experiment(moved / "nested").trials
     assert trial.checkpoint() == moved / "_train_runs" / run.name / kept.name
+
+
+def test_a_searched_log_transform_of_a_target_below_minus_one_is_refused_before_ray_starts(tmp_path):
+    """Timeline_diet (weeks from the diet change) starts at -3: log1p cannot fit it, and the search
+    says so before its first trial instead of failing whichever trial draws the log."""
+    import yaml
+
+    from aam.data import convert_dataset
+    from aam.examples import path as example_path
+
+    src = example_path("mouse_age_mini")
+    data = tmp_path / "timeline"
+    convert_dataset(table=src / "feature-table.biom", metadata=src / "sample-metadata.tsv", out=data,
+                    targets=["Timeline_diet"], seed=0)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"fixed": {"epochs": 1, "d_model": 16}, "tune": {"num_samples": 2},
+                                     "search": {"target_transform": {"choices": ["zscore", "log-zscore"]}}}))
+    storage = tmp_path / "experiments"
+    result = CliRunner().invoke(app, ["tune", str(space), "--data", str(data), "--storage-path", str(storage),
+                                      "--name", "x"])
+    assert isinstance(result.exception, AamUserError), result.output
+    message = str(result.exception)
+    assert "search.target_transform: choice 'log-zscore' cannot fit" in message
+    assert "Timeline_diet" in message and "remove it from the choices" in message
+    assert not storage.exists()
