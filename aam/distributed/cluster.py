@@ -81,6 +81,17 @@ def setup_worker() -> None:
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     warnings.filterwarnings("ignore", message=r"`ExecutionOptions\.exclude_resources` is deprecated")
     quiet_ray_loggers()
+    sys.unraisablehook = drop_teardown_exits
+
+
+def drop_teardown_exits(unraisable) -> None:
+    """A worker's `sys.unraisablehook`: Ray ends a worker group (after a worker dies) by SIGTERM,
+    whose handler raises SystemExit; when that lands inside a finaliser (Ray Data's iterator
+    `__del__`), Python prints "Exception ignored in ... Traceback ... SystemExit" in the user's
+    terminal beside aam's own one-line error. Only that is dropped; any other is printed as before."""
+    if isinstance(unraisable.exc_value, SystemExit):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def secure_local_ray() -> None:

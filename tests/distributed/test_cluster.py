@@ -106,3 +106,31 @@ def test_the_worker_hook_loads_without_importing_aam_and_drops_the_drivers_direc
     monkeypatch.setenv("RAY_ADDRESS", os.environ.get("RAY_ADDRESS") or "127.0.0.1:1")  # the hook sets it; undone after
     hook()  # what every worker runs: the path cleaned, then aam's own set-up
     assert str(tmp_path) not in sys.path
+
+
+def test_a_worker_drops_only_the_system_exit_that_a_sigterm_raises_in_a_finaliser(capsys):
+    """What a Ray worker prints when its group is torn down inside Ray Data's iterator __del__:
+    the SystemExit report goes, any other unraisable error is still printed."""
+    import gc
+
+    from aam.distributed.cluster import drop_teardown_exits
+
+    class Finalised:
+        def __init__(self, error):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    before = sys.unraisablehook
+    sys.unraisablehook = drop_teardown_exits
+    try:
+        Finalised(SystemExit(1))
+        gc.collect()
+        assert capsys.readouterr().err == ""
+        Finalised(ValueError("a real bug"))
+        gc.collect()
+        err = capsys.readouterr().err
+    finally:
+        sys.unraisablehook = before
+    assert "Exception ignored in" in err and "ValueError: a real bug" in err
