@@ -50,8 +50,7 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
     if not resume:
         _check_new_experiment(experiment, space)
     static, train_rows = load_static(shared)
-    _check_choices_fit_dataset(space, static)
-    _check_transforms_fit_targets(space, shared, static, train_rows)
+    _check_choices_fit_dataset(space, shared, static, train_rows)
     if resume:
         print(f"resuming {experiment}", flush=True)
         if isinstance(experiment, Path):
@@ -118,31 +117,24 @@ def _cpus_needed(space: SearchSpace, shared: RunConfig) -> float:
     return concurrent * (shared.workers * shared.cpus_per_worker + NESTED_TRIAL_CPU) + 1
 
 
-def _check_choices_fit_dataset(space: SearchSpace, static: StaticData) -> None:
-    """A searched column or target name that the dataset lacks fails now, not in trial 7."""
+def _check_choices_fit_dataset(space: SearchSpace, shared: RunConfig, static: StaticData,
+                              train_rows: pa.Table) -> None:
+    """A searched choice the dataset cannot take fails now, not in trial 7: a column or target name
+    it lacks, or a log target transform of a target <= -1 (log1p of a latitude of -43); the fixed
+    transform was fitted by load_static."""
     for param in space.params:
+        choices = [list(c) if isinstance(c, tuple) else c for branch in param.branches for c in branch.choices]
         if param.name in DATASET_NAMED_FIELDS:
-            for branch in param.branches:
-                for choice in branch.choices:
-                    value = list(choice) if isinstance(choice, tuple) else choice
-                    check_dataset_value(param.name, value, static.targets, list(static.categoricals),
-                                        where=f"{space.source}: search.{param.name}")
-
-
-def _check_transforms_fit_targets(space: SearchSpace, shared: RunConfig, static: StaticData,
-                                  train_rows: pa.Table) -> None:
-    """A searched log transform that cannot fit the training targets (log1p of a latitude of -43)
-    fails now, not in whichever trial draws it; the fixed transform was fitted by load_static."""
-    for param in space.params:
-        if param.name != "target_transform" or not static.targets:
-            continue
-        logs = {c for branch in param.branches for c in branch.choices if str(c).startswith("log-")}
-        for choice in sorted(logs):
-            try:
-                fit_transform(dataclasses.replace(shared, target_transform=choice), static.targets, train_rows)
-            except AamUserError as e:
-                raise AamUserError(f"{space.source}: search.target_transform: choice '{choice}' cannot fit the "
-                                   f"training targets ({e}); remove it from the choices") from None
+            for value in choices:
+                check_dataset_value(param.name, value, static.targets, list(static.categoricals),
+                                    where=f"{space.source}: search.{param.name}")
+        elif param.name == "target_transform" and static.targets:
+            for choice in sorted({c for c in choices if c.startswith("log-")}):
+                try:
+                    fit_transform(dataclasses.replace(shared, target_transform=choice), static.targets, train_rows)
+                except AamUserError as e:
+                    raise AamUserError(f"{space.source}: search.target_transform: choice '{choice}' cannot fit "
+                                       f"the training targets ({e}); remove it from the choices") from None
 
 
 def _trial_name(trial) -> str:
