@@ -41,6 +41,38 @@ def staged_folder(out: Path):
         raise
 
 
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write `data` to `path` all at once: a reader sees the old file or the new one, never half
+    of it, and a crash leaves at most a hidden temp file beside it, never a truncated `path`.
+
+    The temp file is in the same folder (so the rename stays on one filesystem) and is fsynced
+    before the rename, so the new name never points at bytes the disk has not got yet."""
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; an output gets the user's usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _read_umask() -> int:
+    # Read once at import: os.umask can only be read by setting it, which races other threads.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 # --- what aam wrote: a marker in every output folder ---------------------------------------
 OUTPUT_MARKER = ".aam-output"  # holds the kind: run, dataset, baseline, experiment
 

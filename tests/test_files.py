@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aam._files import OUTPUT_MARKER, check_output_folder, load_torch, mark_output, replacing_folder, save_torch
+from aam._files import OUTPUT_MARKER, atomic_write, check_output_folder, load_torch, mark_output, replacing_folder, save_torch
 from aam.errors import AamUserError
 
 
@@ -130,3 +130,27 @@ def test_work_folders_are_removed_however_the_process_ends(tmp_path, ending):
     process.wait(timeout=60)
     assert process.returncode == {"return": 0, "raise": 1, "sigterm": 128 + signal.SIGTERM}[ending]
     assert not folder.exists()
+
+
+def test_atomic_write_replaces_whole_and_leaves_no_temp_file(tmp_path):
+    target = tmp_path / "out.tsv"
+    atomic_write(target, "old\n")
+    atomic_write(target, b"new\n")
+    assert target.read_bytes() == b"new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.tsv"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_current_umask()
+
+
+def test_atomic_write_that_fails_leaves_the_old_file_and_no_temp_file(tmp_path):
+    target = tmp_path / "out.tsv"
+    target.write_text("old")
+    with pytest.raises(TypeError):
+        atomic_write(target, 5)  # not bytes: fails after the temp file exists
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.tsv"]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
