@@ -115,7 +115,7 @@ class RunConfig:
     warmup_frac: float = _f(0.1, "Warm-up as a fraction of all steps, then cosine decay.", low=0.0, high=0.9,
                             section="optim")
     grad_clip: float = _f(1.0, "Clip the gradient norm to this (0 turns clipping off).", low=0.0, section="optim")
-    seed: int = _f(0, "Seed for weights, shuffling and masking.", section="optim")
+    seed: int = _f(0, "Seed for weights, shuffling and masking.", low=0, high=2**32 - 1, section="optim")
     # --- quality levers (each off by default; benchmarks/quality.py ablates them) ---------------
     ema_decay: float = _f(0.0, "Exponential moving average of the weights, updated every step (0: off; 0.99 "
                           "averages over ~100 steps): validation, test and the saved model use the averaged "
