@@ -23,12 +23,16 @@ from aam.errors import AamUserError
 @contextlib.contextmanager
 def staged_folder(out: Path):
     """Yield a hidden sibling folder to write into; on success it replaces `out` by renames, on any
-    error it is removed and `out` is left as it was."""
+    error it is removed and `out` is left as it was. A marker put in the folder ends up listing
+    every file in it: all of them were written by this command."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
+        kind = output_kind(tmp)
+        if kind is not None:
+            mark_output(tmp, kind, written=_files_below(tmp))
         if out.exists():  # callers only get here with an empty folder or --force
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(out, old)
@@ -73,21 +77,64 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-# --- what aam wrote: a marker in every output folder ---------------------------------------
-OUTPUT_MARKER = ".aam-output"  # holds the kind: run, dataset, baseline, experiment
+# --- what aam wrote: a marker that lists it ------------------------------------------------
+# `.aam-output`: its first line is the kind of folder aam wrote ("-" for a folder aam did not
+# make but wrote a file into); then one "KIND<TAB>PATH" line per file aam wrote there (PATH
+# relative to the folder). Only a listed file is ever replaced: a marker alone, written by hand
+# or by an older aam, lists nothing, so it lets nothing be replaced.
+OUTPUT_MARKER = ".aam-output"
+_NO_KIND = "-"
+_MAX_MARKER_BYTES = 16 << 20
 
 
-def mark_output(folder: Path, kind: str) -> None:
-    """Say that aam wrote `folder` as a `kind`: only such a folder is ever replaced by --force."""
-    (Path(folder) / OUTPUT_MARKER).write_text(kind + "\n")
+def _read_marker(folder: Path) -> tuple[str | None, dict[str, str]]:
+    marker = Path(folder) / OUTPUT_MARKER
+    try:
+        if marker.is_symlink() or not marker.is_file() or marker.stat().st_size > _MAX_MARKER_BYTES:
+            return None, {}
+        lines = marker.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None, {}
+    kind = lines[0].strip() if lines else ""
+    listed = {}
+    for line in lines[1:]:
+        written_as, tab, relative = line.partition("\t")
+        if tab and relative:
+            listed[relative] = written_as
+    return (kind if kind and kind != _NO_KIND else None), listed
+
+
+def _write_marker(folder: Path, kind: str | None, listed: dict[str, str]) -> None:
+    lines = [kind or _NO_KIND] + [f"{k}\t{p}" for p, k in sorted(listed.items()) if "\n" not in p]
+    atomic_write(Path(folder) / OUTPUT_MARKER, "\n".join(lines) + "\n")
+
+
+def mark_output(folder: Path, kind: str, written=()) -> None:
+    """Say that aam wrote `folder` as a `kind`, and add `written` (paths relative to it) to what it
+    lists as aam's: only listed files are ever replaced by --force."""
+    _, listed = _read_marker(folder)
+    _write_marker(folder, kind, {**listed, **{str(p): kind for p in written}})
 
 
 def output_kind(folder: Path) -> str | None:
-    marker = Path(folder) / OUTPUT_MARKER
-    try:
-        return marker.read_text().strip() if marker.is_file() else None
-    except OSError:
-        return None
+    return _read_marker(folder)[0]
+
+
+def _files_below(folder: Path) -> set[str]:
+    """Every file, link or other non-folder below `folder` (links not followed), relative to it,
+    without the marker itself."""
+    found = set()
+    for root, dirs, files in os.walk(folder):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            found.add(os.path.relpath(os.path.join(root, name), folder))
+    found.discard(OUTPUT_MARKER)
+    return found
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """The files below `folder` that its marker does not list as aam's."""
+    _, listed = _read_marker(folder)
+    return sorted(p for p in _files_below(folder) if p not in listed)
 
 
 def _relation(out: Path, other: Path) -> str | None:
@@ -100,35 +147,57 @@ def _relation(out: Path, other: Path) -> str | None:
     return None
 
 
-def check_output_folder(out: Path, kind: str, force: bool, inputs: dict[str, object] | None = None,
-                        flag: str = "--out", continuing: Path | None = None) -> bool:
-    """Refuse, before any other work, an output folder that would lose data; True if it will be replaced.
-
-    Refused: a file; a folder equal to, inside or containing an input of the same command (a
-    `--force` would delete the input, writing into it would change it); a non-empty folder
-    without --force; with --force, a folder that aam did not mark as its own `kind`.
-    `continuing` is a folder this command continues in place (`aam train --resume-from`).
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise AamUserError(f"{flag} {out}: exists and is not a folder; give a folder path")
-    where = out.resolve()
+def _check_inputs(out: Path, where: Path, inputs: dict | None, flag: str, allowed: tuple) -> None:
+    """Refuse an output that is, is inside or contains an input of the same command, unless it
+    is inside one of `allowed` (a place inside an input that the command writes to by design)."""
+    if any(where == a or a in where.parents for a in (Path(p).resolve() for p in allowed)):
+        return
     for name, value in (inputs or {}).items():
         if value in (None, ""):
             continue
         if isinstance(value, str) and "://" in value:
             continue
         relation = _relation(where, Path(value).resolve())
-        if relation is not None and not (continuing is not None and where == Path(continuing).resolve()):
+        if relation is not None:
             raise AamUserError(f"{flag} {out}: it {relation} the input {name} {value}; "
-                               "write the output to a folder of its own")
+                               "write the output to a place of its own")
+
+
+def _check_not_special(out: Path, flag: str, expected: str) -> None:
+    if out.is_symlink():
+        raise AamUserError(f"{flag} {out}: is a symbolic link; aam writes only to a real path, give the "
+                           f"{expected} path itself")
+    if out.exists() and not (out.is_dir() if expected == "folder" else out.is_file()):
+        what = "a folder" if out.is_dir() else "a file" if out.is_file() else "a FIFO, socket or device"
+        raise AamUserError(f"{flag} {out}: is {what}, not a {expected}; give a new {expected} path")
+
+
+def _check_writable(out: Path, where: Path, flag: str) -> None:
     existing = next((p for p in (where, *where.parents) if p.exists()), None)
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise AamUserError(f"{flag} {out}: cannot write in {existing} (permission denied); choose a folder you can "
                            "write to")
-    if not out.is_dir() or not any(out.iterdir()):
-        return False
+
+
+def check_output_folder(out: Path, kind: str, force: bool, inputs: dict[str, object] | None = None,
+                        flag: str = "--out", continuing: Path | None = None, allowed: tuple = ()) -> bool:
+    """Refuse, before any other work, an output folder that would lose data; True if it will be replaced.
+
+    Refused: a link, file, FIFO or device; a folder equal to, inside or containing an input of the
+    same command (a `--force` would delete the input, writing into it would change it), unless it
+    is inside one of `allowed`; a non-empty folder without --force; with --force, a folder that aam
+    did not mark as its own `kind`, or that holds a file its marker does not list.
+    `continuing` is a folder this command continues in place (`aam train --resume-from`).
+    """
+    out = Path(out)
+    _check_not_special(out, flag, "folder")
+    where = out.resolve()
     if continuing is not None and where == Path(continuing).resolve():
+        _check_writable(out, where, flag)
+        return False
+    _check_inputs(out, where, inputs, flag, allowed)
+    _check_writable(out, where, flag)
+    if not out.is_dir() or not any(out.iterdir()):
         return False
     if not force:
         raise AamUserError(f"{flag} {out}: folder is not empty; choose a new folder or pass --force")
@@ -137,18 +206,62 @@ def check_output_folder(out: Path, kind: str, force: bool, inputs: dict[str, obj
         what = "aam did not write it" if found is None else f"aam wrote it as a {found}"
         raise AamUserError(f"{flag} {out}: --force replaces only a {kind} folder that aam wrote (it holds "
                            f"{OUTPUT_MARKER}), but {what}; choose a new folder, or move it away yourself")
+    foreign = foreign_files(out)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise AamUserError(f"{flag} {out}: --force replaces only what aam wrote there, but it also holds {shown} "
+                           f"(not listed in its {OUTPUT_MARKER}); move those away, or choose a new folder")
     return True
+
+
+def check_output_file(out: Path, kind: str, inputs: dict[str, object] | None = None, flag: str = "--out",
+                      allowed: tuple = ()) -> None:
+    """Refuse, before any other work, an output file that would lose data.
+
+    Refused: a link, folder, FIFO or device; a missing parent folder; a path that is or lies inside
+    an input of the same command (unless inside one of `allowed`); an existing file unless aam
+    listed it as a `kind` it wrote (so a second run of the same command replaces its own output).
+    """
+    out = Path(out)
+    _check_not_special(out, flag, "file")
+    if not out.parent.is_dir():
+        raise AamUserError(f"{flag} {out}: folder {out.parent} does not exist; create it first")
+    where = out.parent.resolve() / out.name
+    _check_inputs(out, where, inputs, flag, allowed)
+    if out.exists():
+        found = _read_marker(out.parent)[1].get(out.name)
+        if found is None:
+            raise AamUserError(f"{flag} {out}: exists and aam did not write it; choose a new file name, or move it "
+                               "away yourself")
+        if found != kind:
+            raise AamUserError(f"{flag} {out}: aam wrote it as part of a {found}, not as a {kind}; choose a new "
+                               "file name")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise AamUserError(f"{flag} {out}: cannot write in {out.parent} (permission denied); choose a folder you can "
+                           "write to")
+
+
+def write_output_file(out: Path, kind: str, data: bytes | str) -> None:
+    """Write a file checked by `check_output_file` all at once, and list it as aam's `kind` in its
+    folder's marker (so the same command may replace it next time, and nothing else may)."""
+    out = Path(out)
+    atomic_write(out, data)
+    folder_kind, listed = _read_marker(out.parent)
+    _write_marker(out.parent, folder_kind, {**listed, out.name: kind})
 
 
 @contextlib.contextmanager
 def replacing_folder(out: Path, replace: bool):
     """Write into `out`; with `replace`, the old contents are moved aside first and removed only
-    when the block succeeds (on an error they are put back, so a failed run loses nothing)."""
+    when the block succeeds (on an error they are put back, so a failed run loses nothing).
+    Whatever the block wrote is listed in the marker, even when it fails (a failed run's folder is
+    still aam's to replace); files that were there before are not."""
     out = Path(out)
     old = None
     if replace and out.is_dir():
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         os.rename(out, old)
+    before = _files_below(out) if out.is_dir() else set()
     try:
         yield out
     except BaseException:
@@ -157,9 +270,18 @@ def replacing_folder(out: Path, replace: bool):
             os.rename(old, out)
         elif out.is_dir() and {p.name for p in out.iterdir()} <= {OUTPUT_MARKER}:
             shutil.rmtree(out, ignore_errors=True)  # failed before writing anything: leave no folder
+        else:
+            _list_written(out, before)
         raise
+    _list_written(out, before)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _list_written(out: Path, before: set[str]) -> None:
+    kind = output_kind(out) if out.is_dir() else None
+    if kind is not None:
+        mark_output(out, kind, written=_files_below(out) - before)
 
 
 # --- checksums beside checkpoint and model files -------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aam._files import OUTPUT_MARKER, atomic_write, check_output_folder, load_torch, mark_output, replacing_folder, save_torch
+from aam._files import OUTPUT_MARKER, atomic_write, check_output_folder, foreign_files, load_torch, mark_output, replacing_folder, save_torch
 from aam.errors import AamUserError
 
 
@@ -37,10 +37,42 @@ def test_force_never_replaces_a_folder_aam_did_not_mark(tmp_path, folder_hash):
 def test_force_replaces_a_folder_aam_marked_as_the_same_kind(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
-    mark_output(folder, "run")
     (folder / "model.pt").write_bytes(b"old")
+    mark_output(folder, "run", written=["model.pt"])
     assert check_output_folder(folder, "run", force=True) is True
     assert check_output_folder(tmp_path / "new", "run", force=False) is False
+
+
+def test_force_refuses_a_marked_folder_that_holds_files_the_marker_does_not_list(tmp_path, folder_hash):
+    # issue 23: `echo run > D/.aam-output; aam train --out D --force` deleted every file of D
+    forged = user_folder(tmp_path)
+    (forged / OUTPUT_MARKER).write_text("run\n")
+    with pytest.raises(AamUserError, match=r"it also holds thesis.txt \(not listed"):
+        check_output_folder(forged, "run", force=True)
+    run = tmp_path / "run"
+    with replacing_folder(run, replace=False):  # as `aam train` writes a run
+        (run / "samples").mkdir(parents=True)
+        mark_output(run, "run")
+        (run / "model.pt").write_bytes(b"weights")
+        (run / "samples" / "train.txt").write_text("s1\n")
+    assert check_output_folder(run, "run", force=True) is True
+    (run / "samples" / "my-notes.txt").write_text("added by the user")
+    before = folder_hash(run)
+    with pytest.raises(AamUserError, match="also holds samples/my-notes.txt"):
+        check_output_folder(run, "run", force=True)
+    assert folder_hash(run) == before
+
+
+def test_a_run_that_fails_still_lists_what_it_wrote_but_not_what_was_there(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "mine.txt").write_text("the user's")
+    mark_output(run, "run")
+    with pytest.raises(RuntimeError):
+        with replacing_folder(run, replace=False):  # continuing in place, as --resume-from does
+            (run / "state.pt").write_bytes(b"state")
+            raise RuntimeError("workers died")
+    assert foreign_files(run) == ["mine.txt"]
 
 
 @pytest.mark.parametrize("out, relation", [("data", "is"), ("data/run", "is inside"), (".", "contains")])

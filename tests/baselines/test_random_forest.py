@@ -193,7 +193,7 @@ def test_an_existing_out_folder_is_kept_unless_force_and_only_an_aam_baseline_is
     run_random_forest(example_dataset, out, n_estimators=5)
     first = (out / "metrics.json").read_text()
     run_random_forest(example_dataset, out, n_estimators=5, seed=1, force=True)
-    assert (out / ".aam-output").read_text().strip() == "baseline" and (out / "metrics.json").read_text() != first
+    assert (out / ".aam-output").read_text().splitlines()[0] == "baseline" and (out / "metrics.json").read_text() != first
     assert [p.name for p in tmp_path.iterdir()] == ["rf"]  # neither the temp nor the old folder is left
 
 
