@@ -25,6 +25,9 @@ from aam.errors import AamUserError
 
 COUNT_EMBEDS = ("off", "add", "concat", "film")
 COUNT_FEATURES = ("log1p", "relative")
+# choices that are gone, read as what they always did, so the configs saved with them (model.pt,
+# a run's or a trial's config.json) still load: `compile: auto` never compiled anything
+RETIRED_VALUES = {("compile", "auto"): "off"}
 TARGET_LOSSES = ("mse", "mae", "huber", "quantile", "asymmetric")
 TARGET_TRANSFORMS = ("none", "minmax", "zscore", "zscore-category", "log-minmax", "log-zscore")
 HEADS = ("linear", "mlp", "residual", "moe")
@@ -60,7 +63,7 @@ class RunConfig:
     sample_layers: int = _f(2, "Transformer layers over the ASVs of one sample.", low=1, section="model")
     ff_mult: int = _f(2, "Feed-forward width as a multiple of d_model.", low=1, section="model")
     dropout: float = _f(0.1, "Dropout in every transformer layer and head.", low=0.0, high=0.9, section="model")
-    count_embed: str = _f("add", "How count magnitudes (log1p) enter the sample encoder.", COUNT_EMBEDS, section="model")
+    count_embed: str = _f("add", "How count magnitudes (as count_feature reads them) enter the sample encoder.", COUNT_EMBEDS, section="model")
     count_feature: str = _f("log1p", "What the count embedding and the count task read: log1p (of the raw count) or "
                             "relative (log1p of the count per 10,000 reads of its sample, so samples sequenced to "
                             "different depths show an equal abundance equally).", COUNT_FEATURES, section="model")
@@ -157,8 +160,8 @@ class RunConfig:
     precision: str = _f("auto", "auto (bf16 autocast on a GPU that supports it, else fp32), fp32 or bf16.",
                         ("auto", "fp32", "bf16"), section="speed")
     compile: str = _f("off", "torch.compile the transformer layers (on the collate's bucketed shapes on a GPU): "
-                      "on, off or auto (auto is off everywhere until it is measured faster on a GPU).",
-                      ("auto", "on", "off"), section="speed")
+                      "on or off (not yet measured faster on a GPU; BENCHMARKS.md has the command).",
+                      ("on", "off"), section="speed")
     # --- resources --------------------------------------------------------------------------
     workers: int = _f(1, "Ray Train workers (data-parallel).", low=1, section="resources")
     cpus_per_worker: float = _f(1.0, "CPUs reserved per worker.", low=0.0, section="resources")
@@ -178,6 +181,7 @@ class RunConfig:
         for key in values:
             if key not in known:
                 raise AamUserError(f"{where}: {unknown_field(key)}")
+        values = {k: RETIRED_VALUES.get((k, v), v) if isinstance(v, str) else v for k, v in values.items()}
         coerced = {k: coerce_value(k, v, where) for k, v in values.items()}
         cfg = cls(**coerced)
         cfg.validate(where)

@@ -124,6 +124,13 @@ def _optimizer(model, cfg: RunConfig):
     return make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
 
 
+def _compiles(cfg: RunConfig, device: torch.device) -> bool:
+    """`compiles` as `fit` calls it (it took the device until the `auto` choice, which ignored it, went)."""
+    if "device" in inspect.signature(compiles).parameters:
+        return compiles(cfg, device)
+    return compiles(cfg)
+
+
 def _batch_spec(cfg: RunConfig, static, device: torch.device):
     """`batch_spec` as `fit` calls it (with the device, which turns the shape buckets on on a GPU)."""
     if "device" in inspect.signature(batch_spec).parameters:
@@ -176,7 +183,7 @@ class Trainer:
         self.device = device
         torch.manual_seed(cfg.seed)
         self.model = AAM(cfg, static.targets, static.token_width).train().to(device)
-        if compiles is not None and compiles(cfg, device):  # as fit does
+        if compiles is not None and _compiles(cfg, device):  # as fit does
             self.model.compile_transformers()
         self.optimizer = _optimizer(self.model, cfg)
         self.scheduler = warmup_cosine(self.optimizer, total_steps, cfg.warmup_frac)

@@ -7,9 +7,12 @@
 - `pool_datasets(sources, out)`: converted folders -> one target-free pretraining dataset
   (train and val samples only; see `aam.data.pool`).
 - `parse_split("0.8/0.1/0.1")`: the `--split` text -> fractions, with a one-line error.
+- `read_metadata(path)` + `is_missing(values)`: a sample-metadata TSV, and which of its values
+  mean "no value" (prediction codes a new table's categories with them).
 """
 
 from aam.data._biom import TableData, read_table
+from aam.data._metadata import is_missing, read_metadata
 from aam.data._split import parse_split
 from aam.data.convert import ConvertReport, convert_dataset, table_to_rows
 from aam.data.dataset import Dataset
@@ -23,8 +26,10 @@ __all__ = [
     "TableData",
     "VOCAB_SIZE",
     "convert_dataset",
+    "is_missing",
     "parse_split",
     "pool_datasets",
+    "read_metadata",
     "read_table",
     "table_to_rows",
     "tokenize",

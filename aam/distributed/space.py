@@ -6,7 +6,8 @@ every check), then samples the space 32 times with a random sampler and validate
 
     space = load_space("search_spaces/count_embed.yaml", data_override=args.data)
     tuner = ray.tune.Tuner(trainable, tune_config=space.make_tune_config(reuse_actors=False), ...)
-    # in the trial: cfg = space.trial_config(config)     (a validated RunConfig)
+    # in the trial (aam.distributed.trial): RunConfig.from_dict(config); the config Tune
+    # hands it is already whole, since define_by_run returns the constants beside the sampled keys
 
 Keys under `fixed:`/`search:` are `RunConfig` field names; their types, choices and bounds come
 from `RunConfig`'s metadata, so nothing here names a model or loss option.

@@ -31,21 +31,18 @@ import torch
 from aam._files import load_torch, remove_work_folder, save_torch, work_folder
 from aam.config import RunConfig
 from aam.data.collate import BatchSpec, collate, move_to
-from aam.errors import AamUserError
 from aam.training import artifacts
-from aam.training.checkpoint import MODEL_FILE, STATE_FILE, load_encoder_weights, model_payload
+from aam.training.checkpoint import MODEL_FILE, ModelBundle, load_encoder_weights, model_payload
 from aam.training.evaluation import evaluate, recalibrate_batchnorm
 from aam.training.losses import total_loss
-from aam.training.optim import group_lrs, make_optimizer, warmup_cosine
-from aam.training.resume import checkpoint_resume_state, resume_state, restore_training, unpack_files
+from aam.training.optim import FiniteLossCheck, group_lrs, make_optimizer, warmup_cosine, weight_average
+from aam.training.resume import restore_training, save_training_state
 from aam.training.session import Session, StaticData
 
 if TYPE_CHECKING:
     from aam.models import AAM
 
-# `checkpoint_resume_state` and `resume_state` are imported from here by aam.distributed and
-# aam.cli.train; their home is aam.training.resume
-__all__ = ["Session", "StaticData", "build_model", "checkpoint_resume_state", "fit", "resume_state"]
+__all__ = ["batch_spec", "build_model", "fit"]
 
 
 def mixed_precision(cfg: RunConfig, device: torch.device):
@@ -59,20 +56,26 @@ def mixed_precision(cfg: RunConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if use else contextlib.nullcontext()
 
 
-def compiles(cfg: RunConfig, device: torch.device) -> bool:
-    """Whether `compile` asks for torch.compile here: `on` everywhere; `auto` nowhere yet (on CPU
-    compiling costs more than it saves in a run; on a GPU it is to be measured first, see
-    BENCHMARKS.md), `off` never."""
+def compiles(cfg: RunConfig) -> bool:
+    """Whether the transformer layers are torch.compiled: only when asked (`compile: on`). There is
+    no automatic choice: on CPU compiling costs more than it saves in a run, and on a GPU it has
+    not been measured faster yet (BENCHMARKS.md has the command that would measure it)."""
     return cfg.compile == "on"
 
 
-def batch_spec(cfg: RunConfig, static: StaticData, device: torch.device | None = None) -> BatchSpec:
-    """The collate's settings for this run. Shape buckets are on exactly when the batches go to a
-    GPU (see aam.data.collate): there repeated shapes save per-shape kernel planning; on CPU the
-    bucket padding would only add work."""
-    return BatchSpec(static.tokens, static.targets, list(static.categoricals), cfg.token_limit, static.transform,
-                     pad_to_limit=cfg.pad_to_token_limit, dedupe=cfg.dedupe_asvs, min_abundance=cfg.min_abundance,
-                     all_asvs=cfg.abundance_bag,
+def batch_spec(cfg: RunConfig, model_io: StaticData | ModelBundle, device: torch.device | None = None,
+               tokens: np.ndarray | None = None) -> BatchSpec:
+    """How the batches of a model trained per `cfg` are made, in training and in prediction alike.
+
+    `model_io` says what the model reads and predicts: a run's `StaticData`, or the `ModelBundle`
+    of a saved model (aam.training.predict). `tokens` are those of the table the rows index into:
+    the run's dataset by default, a new table's in prediction. Shape buckets are on exactly when the
+    batches go to a GPU (see aam.data.collate): there repeated shapes save per-shape kernel
+    planning; on CPU the bucket padding would only add work.
+    """
+    return BatchSpec(model_io.tokens if tokens is None else tokens, model_io.targets, list(model_io.categoricals),
+                     cfg.token_limit, model_io.transform, pad_to_limit=cfg.pad_to_token_limit, dedupe=cfg.dedupe_asvs,
+                     min_abundance=cfg.min_abundance, all_asvs=cfg.abundance_bag,
                      shape_buckets=device is not None and torch.device(device).type == "cuda")
 
 
@@ -192,7 +195,7 @@ def _setup(cfg: RunConfig, static: StaticData, session: Session, workdir: Path) 
     torch.manual_seed(cfg.seed)
     device = session.device
     model = build_model(cfg, static).to(device)
-    if compiles(cfg, device):
+    if compiles(cfg):
         model.compile_transformers()
     trained = session.prepare_model(model)
     optimizer = make_optimizer(model, cfg)
@@ -209,12 +212,9 @@ def _setup(cfg: RunConfig, static: StaticData, session: Session, workdir: Path) 
     )
     state = session.restore_state()
     if state is not None:
-        run.start_epoch = restore_training(state, model, optimizer, run.scheduler, run.masking, cfg, run.best,
-                                           run.history, session.rank)
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        if state.get("workdir_files"):
-            unpack_files(state["workdir_files"], workdir)
+        run.start_epoch = restore_training(state, cfg, workdir, model=model, ema=ema, optimizer=optimizer,
+                                           scheduler=run.scheduler, masking=run.masking, best=run.best,
+                                           history=run.history, rank=session.rank)
     if session.rank == 0:
         run.writer = _tensorboard(workdir)
         _write_static_files(workdir, cfg, static)
@@ -299,21 +299,8 @@ def _save_epoch(run: _Run, epoch: int, metrics: dict) -> None:
     best = run.best
     summary = {"history": run.history, "best_epoch": best.epoch}
     (run.workdir / "metrics.json").write_text(json.dumps(summary, indent=1))
-    save_torch(
-        {
-            "epoch": epoch + 1,
-            "model": run.model.state_dict(),
-            "ema": run.ema.state_dict() if run.ema is not None else None,
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "best": {"epoch": best.epoch, "score": best.score, "metrics": best.metrics},
-            "history": run.history,
-            "config": run.cfg.to_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "masking_rng": run.masking.get_state(),
-        },
-        run.workdir / STATE_FILE,
-    )
+    save_training_state(run.workdir, epoch + 1, run.cfg, model=run.model, ema=run.ema, optimizer=run.optimizer,
+                        scheduler=run.scheduler, masking=run.masking, best=best, history=run.history)
     if run.writer is not None:
         run.writer.flush()
 
@@ -340,84 +327,6 @@ def _test_best_epoch(run: _Run) -> dict:
     payload["metrics"] = {**payload["metrics"], **out}
     save_torch(payload, workdir / MODEL_FILE)
     return out
-
-
-def weight_average(model: torch.nn.Module, cfg: RunConfig):
-    """An exponential moving average of `model`'s weights (None when ema_decay is 0).
-
-    Validation, the kept model and test use it: at the small sizes of these datasets, val MAE
-    moves by a fifth between neighbouring epochs, and the average of the last ~1/(1-decay)
-    steps is less noisy than any one step's weights, so the epoch chosen on val is less luck.
-    """
-    if cfg.ema_decay <= 0:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    update = get_ema_multi_avg_fn(cfg.ema_decay) if cfg.ema_warmup == "off" else ema_with_warmup(
-        cfg.ema_decay, cfg.ema_warmup)
-    # buffers are copied, not averaged: BatchNorm's statistics are re-estimated for the averaged
-    # weights before every evaluation (recalibrate_batchnorm), and index buffers are integers
-    return AveragedModel(model, multi_avg_fn=update, use_buffers=False)
-
-
-def ema_with_warmup(decay: float, warmup: str):
-    """An EMA update whose weight on the new step is at least 1 - decay, and more at first.
-
-    A plain EMA of decay 0.995 still holds 0.995^n of the initial weights after n steps: 64%
-    after the 90 steps of 10 epochs on 141 samples, so the "averaged" model is mostly the
-    untrained one. `short` (TensorFlow's ExponentialMovingAverage with num_updates) uses decay
-    min(decay, (1 + n) / (10 + n)) after n updates: a window of about the last n/9. `mean` uses
-    1 / (n + 1): the plain mean of every update so far (Polyak averaging), a window of all n.
-    Either switches to `decay` once its window reaches 1/(1 - decay). `n_averaged` is
-    AveragedModel's own count (saved in its state, so a resumed run continues the same
-    schedule); the weight stays a tensor, so no update waits on the device.
-    """
-    early = 9.0 if warmup == "short" else 1.0
-    offset = 10.0 if warmup == "short" else 1.0
-
-    @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
-        weight = torch.clamp(early / (offset + n_averaged.to(torch.float32)), min=1.0 - decay)
-        torch._foreach_lerp_(averaged, current, weight.to(averaged[0].dtype))
-
-    return update
-
-
-class NonFiniteLoss(AamUserError):
-    """Training diverged: the loss became NaN or infinite (the run stops; its last checkpoint stays)."""
-
-
-class FiniteLossCheck:
-    """Stops training on the first NaN/infinite loss without a host sync per step.
-
-    `step` records, on the device, the first step whose loss was not finite; the record is read
-    back every `every` steps and at the epoch's end (`check`), so at most that many steps run
-    on after the loss went bad, and no checkpoint is written from them.
-    """
-
-    def __init__(self, epoch: int, every: int = 64):
-        self.epoch, self.every = epoch, every
-        self.first_bad: torch.Tensor | None = None
-
-    @torch.no_grad()
-    def step(self, loss: torch.Tensor, step: int) -> None:
-        loss = loss.detach()
-        if self.first_bad is None:
-            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
-        bad = ~torch.isfinite(loss) & (self.first_bad < 0)
-        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step + 1), self.first_bad)
-        if (step + 1) % self.every == 0:
-            self.check()
-
-    def check(self) -> None:
-        if self.first_bad is None:
-            return
-        step = int(self.first_bad)
-        if step > 0:
-            raise NonFiniteLoss(
-                f"training stopped: the loss became NaN or infinite at epoch {self.epoch}, step {step}; the last "
-                "good checkpoint is kept; try a lower --lr, gradient clipping (--grad-clip 1.0), or --precision fp32"
-            )
 
 
 def _write_static_files(workdir: Path, cfg: RunConfig, static: StaticData) -> None:

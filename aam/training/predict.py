@@ -14,13 +14,13 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from aam.data import read_table, table_to_rows
-from aam.data import _metadata
+from aam.data import is_missing, read_metadata, read_table, table_to_rows
 from aam.data.collate import BatchSpec
 from aam.errors import AamUserError
 from aam.training.artifacts import predictions_frame
 from aam.training.checkpoint import load_model
 from aam.training.evaluation import predict_rows
+from aam.training.loop import batch_spec
 
 
 def predict_table(model_path: Path, table: Path, sequences: Path | None = None, batch_size: int = 64,
@@ -49,13 +49,11 @@ def predict_table(model_path: Path, table: Path, sequences: Path | None = None, 
 
 def table_batch_spec(bundle, tokens: np.ndarray, sequences: list[str]) -> BatchSpec:
     """How a trained model's batches are made from a table (tokens and sequences in the table's ASV
-    order), as in its training; a model with asv_identity is matched to the table's ASVs by
-    sequence (ASVs not seen in training use their sequence alone)."""
+    order), by the same `batch_spec` as its training; a model with asv_identity is matched to the
+    table's ASVs by sequence (ASVs not seen in training use their sequence alone)."""
     if bundle.model.asv_identity is not None:
         bundle.model.asv_identity.index_table(sequences)
-    cfg = bundle.config
-    return BatchSpec(tokens, bundle.targets, list(bundle.categoricals), cfg.token_limit, bundle.transform,
-                     min_abundance=cfg.min_abundance, all_asvs=cfg.abundance_bag)
+    return batch_spec(bundle.config, bundle, tokens=tokens)
 
 
 def _predict_ensemble(folder: Path, info: dict, table, sequences, batch_size, metadata):
@@ -77,7 +75,7 @@ def _add_categories(rows: pa.Table, vocabularies: dict[str, list[str]], used: li
     if metadata is None:
         raise AamUserError(f"this model reads the categorical column(s) {', '.join(used)}; pass --metadata "
                            "with a sample-metadata TSV that has them (missing values are treated as unknown)")
-    meta = _metadata.read_metadata(metadata)
+    meta = read_metadata(metadata)
     ids = rows.column("sample_id").to_pylist()
     notes = []
     for name in used:
@@ -87,7 +85,7 @@ def _add_categories(rows: pa.Table, vocabularies: dict[str, list[str]], used: li
         else:
             index = {v: i + 1 for i, v in enumerate(vocabularies[name])}
             values = meta[name].reindex(ids)
-            present = ~values.isna().to_numpy() & ~_metadata.is_missing(values.fillna(""))
+            present = ~values.isna().to_numpy() & ~is_missing(values.fillna(""))
             known = [index.get(str(v), 0) if ok else 0 for v, ok in zip(values, present)]
             codes[:] = known
             unseen = sorted({str(v) for v, ok, c in zip(values, present, known) if ok and c == 0})

@@ -1,5 +1,6 @@
-"""Resuming a run: the files a run folder or checkpoint carries on with (`resume_state`), and
-putting the training state back into a new `fit` (`restore_training`)."""
+"""Resuming a run. The one owner of `state.pt`'s layout: `save_training_state` writes it each
+epoch, `resume_state` reads it back (with the run folder's files it carries on with), and
+`restore_training` puts it into a new `fit`."""
 
 from __future__ import annotations
 
@@ -7,22 +8,45 @@ from pathlib import Path
 
 import torch
 
-from aam._files import load_torch
+from aam._files import load_torch, save_torch
 from aam.config import RunConfig
 from aam.errors import AamUserError
 from aam.training.checkpoint import MODEL_FILE, STATE_FILE
 from aam.training.optim import set_peak_lr
 
 
-def restore_training(state: dict, model, optimizer, scheduler, masking: torch.Generator, cfg: RunConfig, best,
-                     history: list, rank: int) -> int:
-    """Put `state` (a `resume_state`) back into a new run's model, optimizer, scheduler, RNGs, best
-    epoch and history; returns the epoch to continue after. A changed `lr` replaces the saved
-    peak rate and says so."""
+def save_training_state(folder: Path, epoch: int, cfg: RunConfig, *, model, ema, optimizer, scheduler,
+                        masking: torch.Generator, best, history: list) -> None:
+    """Write `state.pt` into a run's folder after `epoch` (1-based): everything `restore_training`
+    needs to continue as if the run had not stopped (`best` has epoch, score and metrics)."""
+    save_torch(
+        {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "best": {"epoch": best.epoch, "score": best.score, "metrics": best.metrics},
+            "history": history,
+            "config": cfg.to_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "masking_rng": masking.get_state(),
+        },
+        Path(folder) / STATE_FILE,
+    )
+
+
+def restore_training(state: dict, cfg: RunConfig, workdir: Path, *, model, ema, optimizer, scheduler,
+                     masking: torch.Generator, best, history: list, rank: int) -> int:
+    """Put `state` (a `resume_state`) back into a new run: its model, weight average, optimizer,
+    scheduler, RNGs, best epoch, history and (into `workdir`) the files it carries on with;
+    returns the epoch to continue after. A changed `lr` replaces the saved peak rate and says so."""
     if (state["config"].get("categorical_lr", 0.0) > 0) != (cfg.categorical_lr > 0):
         raise AamUserError("resume: categorical_lr can change its value but not be switched on or off "
                            "(that changes the optimizer's parameter groups); start a new run instead")
     model.load_state_dict(state["model"])
+    if ema is not None and state.get("ema") is not None:  # a run that switches the average on starts it here
+        ema.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     saved_lr, saved_cat_lr = state["config"]["lr"], state["config"].get("categorical_lr", 0.0)
@@ -38,6 +62,8 @@ def restore_training(state: dict, model, optimizer, scheduler, masking: torch.Ge
     if rank == 0:  # other ranks' masking streams differ; rank 0's is the one saved
         masking.set_state(state["masking_rng"])
         print(f"resume: continuing after epoch {state['epoch']} of {cfg.epochs}", flush=True)
+    if state.get("workdir_files"):
+        unpack_files(state["workdir_files"], workdir)
     return int(state["epoch"])
 
 

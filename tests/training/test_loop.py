@@ -75,6 +75,24 @@ def test_checkpoint_alone_rebuilds_the_model_and_reproduces_test_predictions(fin
     np.testing.assert_allclose(predicted.predicted[:, 0], saved, rtol=1e-5, atol=1e-5)
 
 
+def test_prediction_makes_its_batches_by_the_rules_training_made_them_with(finished):
+    from aam.training.loop import batch_spec
+    from aam.training.predict import table_batch_spec
+
+    cfg, static, folder, _ = finished
+    bundle = load_model(folder)
+    # the reference paths too: a model trained with them is predicted with them
+    bundle.config = cfg.replace(pad_to_token_limit=True, dedupe_asvs=False, min_abundance=0.01)
+    tokens = static.tokens[::-1].copy()
+    predicted = table_batch_spec(bundle, tokens, [])
+    trained = batch_spec(bundle.config, static, tokens=tokens)
+    assert predicted.tokens is tokens and trained.tokens is tokens
+    # the transform is the same fit, read back from model.pt (a copy, not the run's object)
+    same = lambda spec: {k: v for k, v in vars(spec).items() if k not in ("tokens", "transform")}  # noqa: E731
+    assert same(predicted) == same(trained)
+    assert predicted.pad_to_limit and not predicted.dedupe and predicted.min_abundance == 0.01
+
+
 class Interrupted(Exception):
     pass
 
@@ -239,7 +257,7 @@ def test_a_session_keeps_one_checkpoint_folder_and_removes_it_at_exit(tmp_path):
 
 
 def test_a_loss_that_becomes_nan_stops_training_in_one_line_without_a_checkpoint(example_dataset):
-    from aam.training.loop import NonFiniteLoss
+    from aam.training.optim import NonFiniteLoss
 
     import pyarrow as pa
 
@@ -338,13 +356,16 @@ def test_prefetch_yields_the_same_batches_in_the_same_order_collated_in_a_backgr
         list(prefetched(session.train_batches(1, cfg.batch_size), broken))
 
 
-def test_compile_is_off_by_default_validated_and_auto_stays_off_until_measured(example_dataset):
+def test_compile_is_off_by_default_validated_and_the_retired_auto_reads_as_off(example_dataset):
+    from aam.config import RunConfig
     from aam.training.loop import compiles
 
     cfg = tiny_cfg(example_dataset)
-    assert cfg.compile == "off"
-    for device in ("cpu", "cuda"):
-        assert not compiles(cfg.replace(compile="auto"), torch.device(device))
-        assert compiles(cfg.replace(compile="on"), torch.device(device))
+    assert cfg.compile == "off" and not compiles(cfg)
+    assert compiles(cfg.replace(compile="on"))
+    assert RunConfig.fields()["compile"].metadata["choices"] == ("on", "off")
+    # a model.pt or config.json saved while `auto` was a choice (it never compiled) still loads
+    old = cfg.replace(compile="auto")
+    assert old.compile == "off" and not compiles(old)
     with pytest.raises(AamUserError, match="compile"):
         cfg.replace(compile="fast")

@@ -6,7 +6,8 @@ import torch
 
 from aam.training.checkpoint import load_model
 from aam.training.evaluation import predict_rows
-from aam.training.loop import batch_spec, fit, weight_average
+from aam.training.loop import batch_spec, fit
+from aam.training.optim import weight_average
 from aam.training.resume import resume_state
 from aam.training.session import Session
 from aam.training.prepare import load_static
