@@ -7,6 +7,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import io
+import json
 import os
 import re
 import shutil
@@ -152,6 +154,7 @@ def _check_inputs(out: Path, where: Path, inputs: dict | None, flag: str, allowe
     is inside one of `allowed` (a place inside an input that the command writes to by design)."""
     if any(where == a or a in where.parents for a in (Path(p).resolve() for p in allowed)):
         return
+    found = []
     for name, value in (inputs or {}).items():
         if value in (None, ""):
             continue
@@ -159,8 +162,11 @@ def _check_inputs(out: Path, where: Path, inputs: dict | None, flag: str, allowe
             continue
         relation = _relation(where, Path(value).resolve())
         if relation is not None:
-            raise AamUserError(f"{flag} {out}: it {relation} the input {name} {value}; "
-                               "write the output to a place of its own")
+            found.append((relation != "is", relation, name, value))
+    if found:  # "is the input --table" says more than "is inside the input --model"
+        _, relation, name, value = min(found, key=lambda f: f[0])
+        raise AamUserError(f"{flag} {out}: it {relation} the input {name} {value}; "
+                           "write the output to a place of its own")
 
 
 def _check_not_special(out: Path, flag: str, expected: str) -> None:
@@ -284,6 +290,30 @@ def _list_written(out: Path, before: set[str]) -> None:
         mark_output(out, kind, written=_files_below(out) - before)
 
 
+# --- JSON that aam wrote and reads back ----------------------------------------------------
+MAX_JSON_BYTES = 64 << 20
+
+
+def read_json(path: Path, what: str = "file") -> object:
+    """A JSON file aam wrote, read back from a folder a user may have edited or received: a file
+    that is missing, too large, not text, not JSON or nested past Python's limits is one line
+    (AamUserError) naming it. The caller checks the types of what it uses."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise AamUserError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB; not a {what} aam wrote")
+        return json.loads(path.read_bytes())
+    except OSError as e:
+        raise AamUserError(f"{path}: cannot read this {what} ({e.strerror or type(e).__name__})") from None
+    except UnicodeDecodeError:
+        raise AamUserError(f"{path}: this {what} is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise AamUserError(f"{path}: this {what} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") \
+            from None
+    except RecursionError:
+        raise AamUserError(f"{path}: this {what} is nested too deeply to be one aam wrote") from None
+
+
 # --- checksums beside checkpoint and model files -------------------------------------------
 CHECKSUM_SUFFIX = ".sha256"
 
@@ -309,16 +339,25 @@ def write_checksum(path: Path) -> None:
 
 def verify_checksum(path: Path) -> bool:
     """True when the checksum beside `path` matches; False when there is none (a file from
-    before aam wrote them); a mismatch is one line naming the file."""
+    before aam wrote them); a mismatch is one line naming the file. Only for a check alone: a
+    file that is then used must be read with `read_verified`, so what is used is what was checked."""
+    return read_verified(path)[1]
+
+
+def read_verified(path: Path) -> tuple[bytes, bool]:
+    """The bytes of `path`, read once, and whether the checksum beside it vouched for them (False
+    when there is none); a mismatch is one line naming the file. Use these bytes: reopening the
+    path would read whatever was swapped in after the check."""
     path = Path(path)
+    data = path.read_bytes()
     sidecar = checksum_file(path)
     if not sidecar.is_file():
-        return False
+        return data, False
     expected = sidecar.read_text().split()[:1]
-    if expected != [sha256_of(path)]:
+    if expected != [hashlib.sha256(data).hexdigest()]:
         raise AamUserError(f"{path}: its contents do not match {sidecar.name} (the file is corrupt or was changed "
                            "after aam wrote it); use another copy, or an earlier checkpoint")
-    return True
+    return data, True
 
 
 def save_torch(obj, path: Path) -> None:
@@ -340,9 +379,9 @@ def load_torch(path: Path, what: str = "aam file") -> object:
     import torch
 
     path = Path(path)
-    checked = verify_checksum(path)
+    data, checked = read_verified(path)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported (?:global|class)[:\s]*(?:GLOBAL\s+)?([\w.]+)", str(e))
         named = f" (it names {found.group(1)})" if found else ""

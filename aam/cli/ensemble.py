@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from aam._files import check_output_folder, staged_folder
 from aam.cli._app import app
 from aam.errors import AamUserError
 
@@ -63,9 +64,6 @@ def ensemble(
                                                 "experiment: STORAGE/NAME/ensembles/topK[-rf]).")] = None,
 ):
     """Combine trained models (and optionally the forest) by greedy selection on val; score test once."""
-    import shutil
-    import tempfile
-
     from aam.data.collate import raw_targets
     from aam.data.dataset import Dataset
     from aam.training.checkpoint import load_model
@@ -77,14 +75,21 @@ def ensemble(
         if experiment is None:
             raise AamUserError("--out: give the ensemble folder to write (needed unless the source is an experiment)")
         out = experiment / "ensembles" / (f"top{top}" + ("-rf" if with_baseline else ""))
-    if out.exists():
+    if out.exists() and not out.is_symlink():
         raise AamUserError(f"--out {out}: already exists; choose a new folder (an ensemble is never overwritten)")
+    inputs = {**{f"SOURCE {s}": s for s in sources}, "--with-baseline": with_baseline, "--data": data}
+    check_output_folder(out, "ensemble", False, inputs,
+                        allowed=() if experiment is None else (experiment / "ensembles",))
     bundles = [load_model(folder) for _, folder in candidates]
     targets = bundles[0].targets
     if not targets or any(b.targets != targets for b in bundles):
         raise AamUserError("ensemble: every member must predict the same targets; "
                            + ", ".join(f"{n}: {b.targets}" for (n, _), b in zip(candidates, bundles)))
     dataset = Dataset.open(data or bundles[0].config.data)
+    if missing := [t for t in targets if t not in dataset.targets]:
+        raise AamUserError(f"--data {dataset.path}: has no target {', '.join(missing)} that the members predict "
+                           f"(its targets: {', '.join(dataset.targets) or 'none'}); give the dataset they were "
+                           "trained on")
     rows = {split: dataset.split(split) for split in ("val", "test")}
     sample_ids = {split: r.column("sample_id").to_pylist() for split, r in rows.items()}
     actual = {split: raw_targets(r, targets) for split, r in rows.items()}
@@ -94,14 +99,8 @@ def ensemble(
     if with_baseline is not None:
         members.append(forest_member(with_baseline, sample_ids, targets))
     selection = greedy_select([m.val for m in members], actual["val"], rounds)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         metrics = write_ensemble(tmp, members, selection, targets, sample_ids, actual, str(dataset.path), rounds)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     picked = ", ".join(f"{m.name} {w:.2f}" for m, w in zip(members, selection.weights) if w > 0)
     label = " (includes the Random Forest)" if metrics["includes_forest"] else ""
     print(f"ensemble{label}: {picked}")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from aam._files import check_output_folder, mark_output, staged_folder, verify_checksum
+from aam._files import check_output_folder, mark_output, read_verified, staged_folder
 from aam.cli._app import app
 from aam.errors import AamUserError
 
@@ -28,16 +28,31 @@ def export(
     checkpoint = chosen.checkpoint()
     if checkpoint is None:
         raise AamUserError(f"{chosen.path}: this trial kept no checkpoint with a model; pick another trial")
-    verify_checksum(checkpoint / "model.pt")  # a corrupt model is not passed on
+    _refuse_links(checkpoint)
+    # the bytes checked are the bytes written: a model swapped in after the check is not passed on
+    model, _ = read_verified(checkpoint / "model.pt")
     with staged_folder(out) as tmp:
         mark_output(tmp, "run")
         for name in EXPORTED:
             src = checkpoint / name
-            if src.is_dir():
+            if name == "model.pt":
+                (tmp / name).write_bytes(model)
+            elif src.is_dir():
                 shutil.copytree(src, tmp / name)
             elif src.is_file():
                 shutil.copy2(src, tmp / name)
     print(f"exported {chosen.path.name}: {_which_model(checkpoint, chosen.best_epoch)}, to {out}")
+
+
+def _refuse_links(checkpoint: Path) -> None:
+    """aam writes no links into a checkpoint: one there (a loop, or a path out of the folder) would
+    make the export follow it, so the checkpoint is refused instead."""
+    for name in EXPORTED:
+        src = checkpoint / name
+        links = [src] if src.is_symlink() else [p for p in src.rglob("*") if p.is_symlink()] if src.is_dir() else []
+        if links:
+            raise AamUserError(f"{links[0]}: a symbolic link inside the checkpoint {checkpoint}; aam writes none, "
+                               "so this checkpoint was changed after it was written: export another trial")
 
 
 def _which_model(checkpoint: Path, best_epoch: int) -> str:

@@ -46,12 +46,15 @@ def _with_ensembles(board, experiment):
     """Rows for the ensembles `aam ensemble` wrote into this experiment (STORAGE/NAME/ensembles/*)."""
     import pandas as pd
 
-    from aam.training.ensemble import leaderboard_rows, read_ensemble
+    from aam.training.ensemble import leaderboard_rows
 
-    folders = sorted(p for p in (experiment.path / "ensembles").glob("*") if p.is_dir() and read_ensemble(p))
-    if not folders:
+    folders = sorted(p for p in (experiment.path / "ensembles").glob("*") if p.is_dir())
+    rows, problems = leaderboard_rows(folders, experiment.metric)
+    for problem in problems:
+        print(f"aam: skipped a damaged ensemble: {problem}", file=sys.stderr)
+    if not rows:
         return board
-    combined = pd.concat([board, pd.DataFrame(leaderboard_rows(folders, experiment.metric))], ignore_index=True)
+    combined = pd.concat([board, pd.DataFrame(rows)], ignore_index=True)
     for column in ("rank", "epochs", "best_epoch"):
         if column in combined:
             combined[column] = combined[column].astype("Int64")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aam._files import checksum_file, mark_output
+from aam._files import checksum_file, mark_output, read_json
 from aam.errors import AamUserError
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -146,31 +146,86 @@ def write_ensemble(out: Path, members: list[Member], selection: Selection, targe
 
 
 def read_ensemble(folder: str | Path) -> dict | None:
-    """The ensemble.json of `folder`, or None when it is not an ensemble folder."""
-    path = Path(folder) / ENSEMBLE_FILE
+    """The ensemble.json of `folder`, its schema checked, or None when it is not an ensemble folder.
+    A damaged or edited file is one line naming it and the key (an ensemble can come from anyone)."""
+    folder = Path(folder)
+    path = folder / ENSEMBLE_FILE
     if not path.is_file():
         return None
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise AamUserError(f"{path}: not valid JSON; build the ensemble again with `aam ensemble`") from None
+    info = read_json(path, "ensemble file")
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise AamUserError(f"{path}: not an aam ensemble file (no '{FORMAT}' format tag)")
+    _check_ensemble(folder, path, info)
     return info
 
 
-def leaderboard_rows(folders: list[Path], metric: str) -> list[dict]:
-    """A row per ensemble folder, in the columns of `Experiment.leaderboard()`."""
-    rows = []
+def _check_ensemble(folder: Path, path: Path, info: dict) -> None:
+    def bad(key: str, what: str):
+        return AamUserError(f"{path}: {key} {what}; build the ensemble again with `aam ensemble`")
+
+    targets, members = info.get("targets"), info.get("members")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise bad("targets", "must be a non-empty list of target names")
+    if not isinstance(info.get("includes_forest"), bool):
+        raise bad("includes_forest", "must be true or false")
+    if not isinstance(members, list) or not members:
+        raise bad("members", "must be a non-empty list")
+    for k, member in enumerate(members):
+        where = f"members[{k}]"
+        if not isinstance(member, dict):
+            raise bad(where, "must be a mapping")
+        for key in ("name", "kind", "weight"):
+            if key not in member:
+                raise bad(f"{where}", f"has no '{key}'")
+        weight = member["weight"]
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise bad(f"{where}.weight", f"is {json.dumps(weight)}, not a finite number >= 0")
+        if member["kind"] not in ("model", FOREST):
+            raise bad(f"{where}.kind", f"is {json.dumps(member['kind'])}, not 'model' or '{FOREST}'")
+        if member["kind"] == "model":
+            _check_member_model(folder, member.get("model"), lambda what: bad(f"{where}.model", what))
+    if not sum(m["weight"] for m in members) > 0:
+        raise bad("members", "have weights that sum to 0")
+
+
+def _check_member_model(folder: Path, model, bad) -> None:
+    """A member's model is a model.pt this ensemble folder holds (`aam ensemble` copies it in): a
+    path out of the folder, or to the folder itself, would read another file, or loop forever."""
+    if not isinstance(model, str) or not model:
+        raise bad("must be the path of a model.pt inside the ensemble folder")
+    inside = folder.resolve()
+    target = (folder / model).resolve()
+    if Path(model).is_absolute() or inside not in target.parents:
+        raise bad(f"is {json.dumps(model)}, which is not inside the ensemble folder {folder}")
+    if not target.is_file():
+        raise bad(f"is {json.dumps(model)}, which is not a file of the ensemble folder")
+
+
+def leaderboard_rows(folders: list[Path], metric: str) -> tuple[list[dict], list[str]]:
+    """A row per readable ensemble folder, in the columns of `Experiment.leaderboard()`, and a
+    line per damaged one naming what is wrong (one damaged ensemble hides no other)."""
+    rows, problems = [], []
     for folder in folders:
-        info = read_ensemble(folder)
-        metrics = json.loads((Path(folder) / "metrics.json").read_text())
+        try:
+            info = read_ensemble(folder)
+            metrics = read_json(Path(folder) / "metrics.json", "ensemble metrics file")
+            if not isinstance(metrics, dict):
+                raise AamUserError(f"{Path(folder) / 'metrics.json'}: not a mapping of metrics")
+        except AamUserError as e:
+            problems.append(str(e))
+            continue
+        if info is None:
+            continue
         models = sum(1 for m in info["members"] if m["kind"] == "model")
         status = f"ensemble of {models}" + (" + forest" if info["includes_forest"] else "")
         row = {"rank": None, "trial": f"ensemble:{Path(folder).name}", "status": status, "epochs": None,
-               f"best_{metric}": metrics.get(metric, math.nan), "best_epoch": None}
+               f"best_{metric}": _number(metrics.get(metric)), "best_epoch": None}
         for key in ("val_mae", "val_r2", "test_mae", "test_r2"):
             if key != metric:
-                row[key] = metrics.get(key, math.nan)
+                row[key] = _number(metrics.get(key))
         rows.append(row)
-    return rows
+    return rows, problems
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan

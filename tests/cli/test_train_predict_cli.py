@@ -68,7 +68,8 @@ def test_a_non_empty_out_folder_is_refused_without_force(example_dataset, tmp_pa
 
 
 def test_predict_with_a_folder_that_is_no_model_is_a_user_error(tmp_path):
-    result = aam("predict", "--model", tmp_path, "--table", path("mouse_age_mini") / "feature-table.biom",
+    (tmp_path / "empty").mkdir()
+    result = aam("predict", "--model", tmp_path / "empty", "--table", path("mouse_age_mini") / "feature-table.biom",
                  "--out", tmp_path / "p.tsv")
     assert result.returncode == 2 and "no model.pt there" in result.stderr
     assert not (tmp_path / "p.tsv").exists()
