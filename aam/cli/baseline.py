@@ -22,7 +22,7 @@ def random_forest(
     targets: Annotated[Optional[str], typer.Option("--targets", help="Comma-separated targets (default: all of the dataset's).")] = None,
     n_estimators: Annotated[int, typer.Option("--n-estimators", help="Trees per forest.")] = 500,
     max_features: Annotated[Optional[str], typer.Option("--max-features", help="ASVs tried per split: sqrt, log2, a fraction or a count (default: sklearn's, all).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the forest (same seed, same predictions).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the forest (same seed, same predictions).")] = 0,
     n_jobs: Annotated[int, typer.Option("--n-jobs", help="CPU cores to grow trees on (-1: all).")] = 1,
     train_on_val: Annotated[bool, typer.Option("--train-on-val", help="Fit on train+val (val scores are then in-sample).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an --out folder that aam wrote as a baseline.")] = False,

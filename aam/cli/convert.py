@@ -30,7 +30,7 @@ def convert(
     rarefy: Annotated[
         Optional[int], typer.Option("--rarefy", help="Subsample every sample to this many reads.")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the split and rarefaction.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed for the split and rarefaction.")] = 0,
     split: Annotated[str, typer.Option("--split", help="train/val/test fractions.")] = "0.8/0.1/0.1",
     group_by: Annotated[
         Optional[str], typer.Option("--group-by", help="Keep each value of this column on one side of the split.")
