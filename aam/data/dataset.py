@@ -32,6 +32,32 @@ def _read_parquet(file: Path, columns: tuple[str, ...]) -> pa.Table:
     return table
 
 
+def _is_names(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _check_manifest_types(manifest: dict, where: Path) -> None:
+    """The manifest's fields that aam reads, of the types `aam convert` writes: an edited file
+    (`targets: 5`) is one line naming the field, not a traceback wherever it is first used."""
+    width = manifest["token_width"]
+    split = manifest["split"]
+    problems = [
+        (not _is_names(manifest["targets"]), "targets", "a list of target column names"),
+        (not isinstance(manifest["categoricals"], dict)
+         or not all(isinstance(k, str) and _is_names(v) for k, v in manifest["categoricals"].items()),
+         "categoricals", "a mapping of column name to its list of categories"),
+        (isinstance(width, bool) or not isinstance(width, int) or width < 1, "token_width", "a whole number >= 1"),
+        (not isinstance(split, dict) or not isinstance(split.get("counts", {}), dict), "split",
+         "a mapping with the split's counts"),
+        (manifest.get("unifrac") is not None and not isinstance(manifest.get("unifrac"), dict), "unifrac",
+         "a mapping describing unifrac.npy, or null"),
+    ]
+    for wrong, key, expected in problems:
+        if wrong:
+            raise AamUserError(f"{where}: '{key}' is {json.dumps(manifest[key])[:60]}, not {expected} (was it "
+                               "edited?); re-run aam convert")
+
+
 @dataclass
 class Dataset:
     path: Path
@@ -66,7 +92,7 @@ class Dataset:
         try:
             manifest = json.loads(manifest_path.read_text())
             version = manifest["schema_version"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
             raise AamUserError(f"{manifest_path} is not a valid aam manifest; re-run aam convert") from None
         if version not in SCHEMA_VERSIONS:
             raise AamUserError(
@@ -81,6 +107,7 @@ class Dataset:
         missing_keys = [k for k in MANIFEST_KEYS if k not in manifest]
         if missing_keys:
             raise AamUserError(f"{manifest_path} has no '{missing_keys[0]}' (is it cut short or edited?); {rerun}")
+        _check_manifest_types(manifest, manifest_path)
         samples = _read_parquet(path / "samples.parquet", SAMPLE_COLUMNS)
         asvs = _read_parquet(path / "asvs.parquet", ("tokens",))
         try:

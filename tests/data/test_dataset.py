@@ -68,3 +68,25 @@ def test_unknown_schema_version(mini, tmp_path):
     (copy / "manifest.json").write_text("{not json")
     with pytest.raises(AamUserError, match="not a valid aam manifest"):
         Dataset.open(copy)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("targets", 5, "'targets' is 5, not a list of target column names"),
+    ("targets", [1], "'targets' is [1], not a list"),
+    ("categoricals", "x", "'categoricals' is \"x\", not a mapping"),
+    ("categoricals", {"Diet": "SD"}, "'categoricals' is"),
+    ("token_width", "176", "'token_width' is \"176\", not a whole number"),
+    ("token_width", True, "'token_width' is true"),
+    ("split", [], "'split' is [], not a mapping"),
+])
+def test_a_manifest_field_of_the_wrong_type_is_one_line_naming_it(mini, tmp_path, key, value, expected):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(mini, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest[key] = value
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(AamUserError, match="re-run aam convert") as caught:
+        Dataset.open(data)
+    assert str(caught.value).startswith(f"{data / 'manifest.json'}: ") and expected in str(caught.value)
