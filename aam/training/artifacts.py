@@ -31,11 +31,19 @@ def write_tsv(frame: pd.DataFrame, path: Path) -> None:
     frame.to_csv(path, sep="\t", index=False, float_format="%.8g", na_rep="NA")
 
 
-def predicted_vs_actual_figure(names, actual, predicted, title: str):
-    """A scatter per target with the identity line; returns a matplotlib Figure."""
+def plain_text_plots() -> None:
+    """Every figure aam draws: off-screen (Agg), and its text drawn as written. Target, column and
+    trial names come from users' files; matplotlib would read `$...$` in them as mathtext, and a
+    name such as `x$\\foo$` then fails at the end of a run, when the figure is saved."""
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
+
+
+def predicted_vs_actual_figure(names, actual, predicted, title: str):
+    """A scatter per target with the identity line; returns a matplotlib Figure."""
+    plain_text_plots()
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
