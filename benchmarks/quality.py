@@ -107,7 +107,7 @@ def rf_scores(folder: Path) -> dict:
 
 
 def best_trial(experiment: Path) -> dict:
-    from aam.distributed.experiment import read_experiment
+    from aam.search import read_experiment
 
     exp = read_experiment(experiment)
     best = exp.best()
@@ -187,7 +187,7 @@ def main(argv=None) -> dict:
     args.space = args.space.resolve()
     if not args.space.is_file():
         raise SystemExit(f"--space {args.space}: no such file")
-    from aam.distributed.space import load_space
+    from aam.search import load_space
 
     load_space(args.space)  # every check of `aam tune`, before any run (data comes per dataset)
 

@@ -11,7 +11,7 @@ subprocesses (each starts and stops its own embedded Ray), on the same dataset w
     random     searcher {type: random, seed: S}, scheduler {type: none} (every trial runs every epoch)
 
 The compute unit is the trial-epoch (one epoch of one trial). Each experiment folder is read with
-`aam.distributed.experiment.read_experiment` (per-epoch val scores from each trial's
+`aam.search.read_experiment` (per-epoch val scores from each trial's
 result.json) and its trials are put in the order they started (the `start_time` Tune keeps in
 experiment_state-*.json). The compute to reach a score is the number of trial-epochs, trial
 after trial in that order, up to and including the first epoch that scores at least as well.
@@ -188,7 +188,7 @@ def _first_report_start(trial) -> float:
 
 def read_search(experiment: Path, metric: str) -> dict:
     """The experiment's trials in start order: their per-epoch scores, status and epoch seconds."""
-    from aam.distributed.experiment import read_experiment
+    from aam.search import read_experiment
 
     exp = read_experiment(experiment)
     starts = start_times(experiment)

@@ -130,7 +130,7 @@ def small_experiment(ray_cluster, example_dataset, tmp_path_factory):
     before changing anything)."""
     import yaml
 
-    from aam.distributed.space import load_space
+    from aam.search import load_space
     from aam.distributed.tune import run_search
 
     folder = tmp_path_factory.mktemp("tune")

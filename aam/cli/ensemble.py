@@ -13,7 +13,7 @@ from aam.errors import AamUserError
 
 def _candidates(sources: list[Path], top: int) -> tuple[list[tuple[str, Path]], Path | None]:
     """(name, folder holding model.pt) per candidate, and the experiment folder when one was given."""
-    from aam.distributed.experiment import SPACE_FILE, read_experiment
+    from aam.search import SPACE_FILE, read_experiment
 
     if len(sources) == 1 and (sources[0] / SPACE_FILE).is_file():
         experiment = read_experiment(sources[0])

@@ -21,7 +21,7 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Replace a run folder that aam wrote.")] = False,
 ):
     """Copy a trial's best model without retraining."""
-    from aam.distributed.experiment import resolve_trial
+    from aam.search import resolve_trial
 
     check_output_folder(out, "run", force, {"TRIAL": trial})
     chosen = resolve_trial(trial)

@@ -16,6 +16,6 @@ def report(
 ):
     """Leaderboard, best score against trials, parameter importances, parallel coordinates,
     validation curves and predicted-vs-actual of an experiment, in one self-contained HTML file."""
-    from aam.distributed.report import write_report
+    from aam.search import write_report
 
     print(f"report: {write_report(experiment, out, baseline)}")

@@ -68,7 +68,7 @@ def runs(
     baseline: Annotated[Optional[list[Path]], typer.Option("--baseline", help="Folder written by `aam baseline`: shown as a row beside the trials (repeatable).")] = None,
 ):
     """List an experiment's trials: params, metrics, status, epochs, best first."""
-    from aam.distributed.experiment import read_experiment
+    from aam.search import read_experiment
 
     if format not in FORMATS:
         raise AamUserError(f"--format {format!r}: use one of {', '.join(FORMATS)}")

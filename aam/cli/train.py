@@ -71,7 +71,7 @@ def train(
         where = f"--config {config} + flags"
     trial = None
     if best_of is not None:
-        from aam.distributed.experiment import resolve_trial
+        from aam.search import resolve_trial
 
         if resume_from is not None:
             raise AamUserError("--best-of and --resume-from start from different configs; give one of them")
@@ -171,7 +171,7 @@ def _write_comparison(out: Path, results: dict, trial) -> None:
     if len(results) > 1:
         summary["stdev"] = {k: statistics.stdev([m[k] for m in results.values() if k in m]) for k in keys}
     if trial is not None:
-        from aam.distributed.experiment import read_experiment
+        from aam.search import read_experiment
 
         metric = read_experiment(trial.path.parent).metric
         summary["trial"] = {"path": str(trial.path), "metric": metric, "score": trial.best, "epoch": trial.best_epoch}

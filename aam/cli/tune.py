@@ -29,8 +29,7 @@ def tune(
     from aam.distributed.cluster import set_ray_env
 
     set_ray_env()  # before Ray is imported: workers inherit it
-    from aam.distributed.space import load_space
-    from aam.distributed.experiment import load_experiment_space
+    from aam.search import load_experiment_space, load_space
     from aam.distributed.tune import run_search
 
     if resume is not None:
@@ -57,7 +56,7 @@ def tune(
 def _print_search_end(experiment: Path) -> None:
     """The leaderboard, the best trial and its report, the tally; exit code 3 when a trial failed for good."""
     from aam.cli.runs import print_leaderboard
-    from aam.distributed.experiment import read_experiment
+    from aam.search import read_experiment
 
     result = read_experiment(experiment)
     print()
@@ -68,7 +67,7 @@ def _print_search_end(experiment: Path) -> None:
         best = None
     if best is not None:
         print(f"\nbest trial: {best.path}  ({result.metric} {best.best:.4g} at epoch {best.best_epoch})")
-        from aam.distributed.report import write_report
+        from aam.search import write_report
 
         try:
             print(f"report: {write_report(experiment)}")

@@ -4,7 +4,7 @@ One entry point, `mend_killed_experiment`. Everything else here reads or rewrite
 experiment files, in the layout of ray 2.60 (pyproject.toml pins ray below 2.61 for this);
 tests/distributed/test_resume_repair.py fails when a Ray release changes that layout:
 
-- `experiment_state-<session>.json`: the trials Tune recorded (read by `aam.distributed.experiment`);
+- `experiment_state-<session>.json`: the trials Tune recorded (read by `aam.search.experiment`);
 - `search_gen_state-<session>.json`: the search generator's state, cloudpickled: a dict whose
   `counter` is the number of trials it created and whose `name:ConcurrencyLimiter` entry is the
   limiter's attributes, `live_trials` (a set of trial ids) and `num_unfinished_live_trials`;
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aam.distributed.experiment import cut_short_state, recorded_trial_ids, unrecorded_trials
+from aam.search import cut_short_state, recorded_trial_ids, unrecorded_trials
 from aam.distributed.state_signature import sign_state, verify_state
 from aam.errors import AamUserError
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from aam.distributed._storage import is_local
-from aam.distributed.experiment import clear_failed, error_line, mark_failed
+from aam.search import clear_failed, error_line, mark_failed
 
 PROGRESS_FILE = "aam-progress.json"  # the best and the tally, for a resumed search
 

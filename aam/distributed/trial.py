@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from aam.config import RunConfig
 from aam.distributed._storage import storage_join
-from aam.distributed.experiment import NESTED_RUNS_DIR
+from aam.search import NESTED_RUNS_DIR
 from aam.training.loop import fit
 from aam.training.resume import checkpoint_resume_state
 from aam.training.session import Session, StaticData

@@ -20,14 +20,14 @@ from aam.config import DATASET_NAMED_FIELDS, RunConfig, check_dataset_value
 from aam.distributed._resume_repair import mend_killed_experiment
 from aam.distributed._storage import storage_join, write_text
 from aam.distributed.cluster import ray_runtime
-from aam.distributed.experiment import SPACE_FILE
 # Tune pickles the run config's callbacks into tuner.pkl under their module's name: an experiment
 # started when ProgressPrinter lived in this module finds it here when it is resumed.
 from aam.distributed.progress import ProgressPrinter
-from aam.distributed.space import SearchSpace
 from aam.distributed.state_signature import StateSigner, sign_state
 from aam.distributed.trial import TrialOptions, runs_in_trial, tune_trial
+from aam.distributed.tune_config import make_tune_config
 from aam.errors import AamUserError
+from aam.search import SPACE_FILE, SearchSpace
 from aam.training.session import StaticData
 from aam.training.prepare import fit_transform, load_static
 
@@ -58,6 +58,7 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
     with ray_runtime(address, cpus_needed=_cpus_needed(space, shared), dashboard=dashboard) as ray:
         trainable = _trainable(space, shared, static, train_rows, verbose)
         if resume:
+            _answer_to_old_module_names()
             tuner = ray.tune.Tuner.restore(
                 str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
             )
@@ -67,6 +68,21 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
     return experiment
 
 
+# where the search-space classes lived when an experiment started before they moved to aam.search:
+# Tune pickled its searcher (a bound `SearchSpace.define_by_run`) under these module names
+_OLD_MODULE_NAMES = {"aam.distributed.space": "aam.search.space",
+                     "aam.distributed._space_validate": "aam.search._space_validate"}
+
+
+def _answer_to_old_module_names() -> None:
+    """Let `Tuner.restore` unpickle a searcher saved under the modules' old names (see above)."""
+    import importlib
+    import sys
+
+    for old, new in _OLD_MODULE_NAMES.items():
+        sys.modules.setdefault(old, importlib.import_module(new))
+
+
 def _new_tuner(space: SearchSpace, shared: RunConfig, experiment: Path | str, trainable):
     import ray.tune
 
@@ -74,7 +90,8 @@ def _new_tuner(space: SearchSpace, shared: RunConfig, experiment: Path | str, tr
     local = experiment if isinstance(experiment, Path) else None
     tuner = ray.tune.Tuner(
         trainable,
-        tune_config=space.make_tune_config(
+        tune_config=make_tune_config(
+            space,
             reuse_actors=runs_in_trial(shared),
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,

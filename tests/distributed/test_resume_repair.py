@@ -16,7 +16,7 @@ import ray.cloudpickle as cloudpickle
 from packaging.requirements import Requirement
 
 from aam.distributed import _resume_repair as repair
-from aam.distributed.experiment import read_experiment, recorded_trial_ids
+from aam.search import read_experiment, recorded_trial_ids
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ import yaml
 from typer.testing import CliRunner
 
 from aam.cli import app
-from aam.distributed.space import load_space
+from aam.search import load_space
 from aam.distributed.state_signature import SIGNATURE_FILE, key_file, sign_state, verify_state
-from aam.distributed.experiment import SPACE_FILE
+from aam.search import SPACE_FILE
 from aam.errors import AamUserError
 
 

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from aam.cli import app
-from aam.distributed.experiment import read_experiment, resolve_trial
-from aam.distributed.space import load_space
+from aam.search import read_experiment, resolve_trial
+from aam.search import load_space
 from aam.distributed.state_signature import sign_state
 from aam.distributed.tune import run_search
 from aam.errors import AamUserError

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aam.distributed.experiment import read_experiment
+from aam.search import read_experiment
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from aam.cli import app
-from aam.distributed.experiment import read_experiment
-from aam.distributed.report import SECTIONS
+from aam.search import read_experiment
+from aam.search.report import SECTIONS
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ import json
 
 import yaml
 
-from aam.distributed.experiment import clear_failed, error_line, mark_failed, read_experiment
+from aam.search import clear_failed, error_line, mark_failed, read_experiment
 
 ACTOR_DIED = """Failure # 1 (occurred at 2026-11-30_18-04-50)
 The actor died unexpectedly before finishing this task.

@@ -1,11 +1,12 @@
-"""The search-space compiler: a `search_spaces/*.yaml` file -> Optuna define-by-run + Ray objects.
+"""The search-space compiler: a `search_spaces/*.yaml` file -> a checked `SearchSpace` whose
+Optuna define-by-run samples each trial's config (aam.distributed.tune_config makes Ray's objects of it).
 
 `load_space` reads and checks the whole file before Ray starts (search_spaces/README.md lists
 every check), then samples the space 32 times with a random sampler and validates each trial's
 `RunConfig`, so a combination that can never train fails here, not in trial 7 an hour later.
 
     space = load_space("search_spaces/count_embed.yaml", data_override=args.data)
-    tuner = ray.tune.Tuner(trainable, tune_config=space.make_tune_config(reuse_actors=False), ...)
+    tuner = ray.tune.Tuner(trainable, tune_config=make_tune_config(space, reuse_actors=False), ...)
     # in the trial (aam.distributed.trial): RunConfig.from_dict(config); the config Tune
     # hands it is already whole, since define_by_run returns the constants beside the sampled keys
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aam.config import RunConfig, field_default
-from aam.distributed._space_validate import (
+from aam.search._space_validate import (
     Checker,
     Distribution,
     Param,
@@ -132,7 +133,7 @@ class SearchSpace:
         space._sanity_sample()
         return space
 
-    # --- what Ray calls --------------------------------------------------------------------
+    # --- what a search samples --------------------------------------------------------------------
     def constants(self) -> dict[str, Any]:
         """The values every trial shares: fixed:, tune.resources and the dataset folder."""
         out = {k: _copy(v) for k, v in self.fixed.items()}
@@ -165,53 +166,17 @@ class SearchSpace:
         """A trial's validated RunConfig: the constants, then the trial's sampled values."""
         return RunConfig.from_dict({**self.constants(), **config}, where=f"{self.source}: trial")
 
-    def make_searcher(self):
-        """OptunaSearch over `define_by_run`, with metric/mode set (Ray ignores TuneConfig's when a space is given)."""
+    def make_sampler(self):
+        """The Optuna sampler the `searcher:` section asks for (aam.distributed wraps it for Tune)."""
         import optuna
-        from ray.tune.search.optuna import OptunaSearch
 
         if self.searcher["type"] == "random":
-            sampler = optuna.samplers.RandomSampler(seed=self.searcher["seed"])
-        else:
-            sampler = optuna.samplers.TPESampler(
-                seed=self.searcher["seed"],
-                n_startup_trials=self.searcher["n_startup_trials"],
-                multivariate=self.searcher["multivariate"],
-            )
-        with _quiet_optuna():
-            return OptunaSearch(space=self.define_by_run, metric=self.metric, mode=self.mode, sampler=sampler)
-
-    def make_scheduler(self):
-        """ASHAScheduler over epochs (time_attr training_iteration), or None for `type: none`.
-
-        metric/mode are left to TuneConfig: Ray raises if both the scheduler and TuneConfig set them.
-        """
-        if self.scheduler["type"] == "none":
-            return None
-        from ray.tune.schedulers import ASHAScheduler
-
-        return ASHAScheduler(
-            time_attr=TIME_ATTR,
-            max_t=self.scheduler["max_t"],
-            grace_period=self.scheduler["grace_period"],
-            reduction_factor=self.scheduler["reduction_factor"],
+            return optuna.samplers.RandomSampler(seed=self.searcher["seed"])
+        return optuna.samplers.TPESampler(
+            seed=self.searcher["seed"],
+            n_startup_trials=self.searcher["n_startup_trials"],
+            multivariate=self.searcher["multivariate"],
         )
-
-    def make_tune_config(self, **overrides):
-        """ray.tune.TuneConfig with the objective, searcher, scheduler and the tune: limits."""
-        import ray.tune
-
-        kwargs = dict(
-            metric=self.metric,
-            mode=self.mode,
-            search_alg=self.make_searcher(),
-            scheduler=self.make_scheduler(),
-            num_samples=self.num_samples,
-            max_concurrent_trials=self.max_concurrent_trials,
-            time_budget_s=self.time_budget_s,
-        )
-        kwargs.update(overrides)
-        return ray.tune.TuneConfig(**kwargs)
 
     # --- reading back ----------------------------------------------------------------------
     @property
@@ -244,7 +209,7 @@ class SearchSpace:
         """Sample the space n times at random; every resulting RunConfig must validate."""
         import optuna
 
-        with _quiet_optuna():
+        with quiet_optuna():
             study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
             for _ in range(n):
                 trial = study.ask()
@@ -406,7 +371,7 @@ def _copy(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_optuna():
+def quiet_optuna():
     """Optuna logs "A new study created in memory" at INFO for every study; keep it quiet."""
     import optuna
 

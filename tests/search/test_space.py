@@ -1,7 +1,7 @@
-"""The search-space compiler: YAML -> checked SearchSpace -> Optuna define-by-run and Ray objects.
+"""The search-space compiler: YAML -> checked SearchSpace -> Optuna define-by-run.
 
-Pure: no Ray cluster. Sampling goes through real in-memory Optuna studies (and once through
-Ray's OptunaSearch wrapper), never mocks.
+Pure: no Ray. Sampling goes through real in-memory Optuna studies, never mocks (Ray's objects made
+of a space: tests/distributed/test_tune_config.py).
 """
 
 import math
@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from aam.config import RunConfig
-from aam.distributed.space import SearchSpace, load_space
+from aam.search import SearchSpace, load_space
 from aam.errors import AamUserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -433,7 +433,7 @@ def test_every_search_space_in_the_repo_loads(path, tmp_path):
     assert text.startswith("#") and f"aam tune search_spaces/{path.name}" in text  # the question and the command
     space = load_space(path, data_override=str(tmp_path))
     assert space.data == str(tmp_path)
-    for params, _, _ in sample(space, n=20, sampler=space.make_searcher()._ot_study.sampler):
+    for params, _, _ in sample(space, n=20, sampler=space.make_sampler()):  # the sampler the search uses
         space.trial_config(params)
     if space.scheduler["type"] == "asha":
         assert space.scheduler["grace_period"] < space.scheduler["max_t"]
@@ -481,67 +481,6 @@ def test_max_t_follows_searched_epochs(tmp_path):
     doc = base(fixed={}, search={"head": {"choices": ["linear", "mlp"]},
                                  "epochs": {"choices": [3, 5], "when": {"head": "mlp"}}})
     assert load(tmp_path, doc).scheduler["max_t"] == RunConfig().epochs  # linear trials run the default
-
-
-# --- Ray objects -----------------------------------------------------------------------------
-def test_make_scheduler(tmp_path):
-    from ray.tune.schedulers import ASHAScheduler
-
-    space = load(tmp_path, base(fixed={"epochs": 12}, tune={"scheduler": {
-        "type": "asha", "grace_period": 2, "reduction_factor": 3, "max_t": None}}))
-    sched = space.make_scheduler()
-    assert isinstance(sched, ASHAScheduler)
-    assert (sched._time_attr, sched._max_t, sched._reduction_factor) == ("training_iteration", 12, 3)
-    assert [milestone for milestone, _ in sched._brackets[0]._rungs] == [6, 2]  # grace 2, x3, below 12
-    assert sched._metric is None and sched._mode is None  # TuneConfig sets them (Ray refuses both)
-    assert load(tmp_path, base(tune={"scheduler": {"type": "none"}})).make_scheduler() is None
-
-
-def test_make_searcher_and_tune_config(tmp_path):
-    from ray.tune import TuneConfig
-    from ray.tune.search.optuna import OptunaSearch
-
-    doc = base(objective={"metric": "val_r2", "mode": "max"}, search={
-        "lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True},
-        "head": {"choices": ["linear", "mlp"]},
-        "head_hidden": {"choices": [[64], [128, 64]], "when": {"head": "mlp"}},
-    }, tune={"num_samples": 6, "max_concurrent_trials": 2, "time_budget_s": 60,
-             "searcher": {"type": "optuna", "seed": 3, "n_startup_trials": 2, "multivariate": False}})
-    space = load(tmp_path, doc, data_override=str(tmp_path))
-    searcher = space.make_searcher()
-    assert isinstance(searcher, OptunaSearch)
-    assert (searcher._metric, searcher._mode) == ("val_r2", "max")
-    sampler = searcher._ot_study.sampler
-    assert isinstance(sampler, optuna.samplers.TPESampler)
-    assert (sampler._n_startup_trials, sampler._multivariate) == (2, False)
-    assert searcher._ot_study.direction == optuna.study.StudyDirection.MAXIMIZE
-
-    # Ray's own wrapper around the define-by-run: sampled values plus the constants
-    configs = []
-    for i in range(6):
-        config = searcher.suggest(f"t{i}")
-        searcher.on_trial_complete(f"t{i}", {"val_r2": 0.1 * i})
-        assert config["epochs"] == 4 and config["workers"] == 1 and config["data"] == str(tmp_path)
-        assert ("head_hidden" in config) == (config["head"] == "mlp")
-        assert space.trial_config(config).lr == config["lr"]
-        configs.append(config)
-    again = space.make_searcher()
-    assert [again.suggest(f"t{i}") for i in range(2)] == configs[:2]  # the seed is the sampler's
-
-    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune checkpoints the searcher with pickle
-    restored = space.make_searcher()
-    restored.restore(str(tmp_path / "searcher.pkl"))
-    assert len(restored._ot_study.trials) == 6
-
-    random = load(tmp_path, base(tune={"searcher": {"type": "random", "seed": 1}})).make_searcher()
-    assert isinstance(random._ot_study.sampler, optuna.samplers.RandomSampler)
-    assert random._ot_study.direction == optuna.study.StudyDirection.MINIMIZE
-
-    tc = space.make_tune_config(reuse_actors=True)
-    assert isinstance(tc, TuneConfig)
-    assert (tc.metric, tc.mode, tc.num_samples, tc.max_concurrent_trials, tc.time_budget_s, tc.reuse_actors) == (
-        "val_r2", "max", 6, 2, 60, True)
-    assert isinstance(tc.search_alg, OptunaSearch) and tc.scheduler._max_t == 4
 
 
 def test_accepted_objectives(tmp_path):

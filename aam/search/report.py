@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from aam.distributed.experiment import Experiment, Trial, load_experiment_space, read_experiment
+from aam.search.experiment import Experiment, Trial, load_experiment_space, read_experiment
 from aam.errors import AamUserError
 
 REPORT_FILE = "report.html"
@@ -136,7 +136,7 @@ def _optuna_study(experiment: Experiment, scored: list[Trial]):
     """An in-memory Optuna study of the scored trials, or a note (str) saying why there is none."""
     import optuna
 
-    from aam.distributed._space_validate import encode_choice
+    from aam.search._space_validate import encode_choice
 
     if len(scored) < 2:
         return "needs at least two scored trials"

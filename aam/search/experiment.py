@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from aam.distributed.space import SearchSpace, when_holds
+from aam.search.space import SearchSpace, when_holds
 from aam.errors import AamUserError
 
 SPACE_FILE = "aam-space.yaml"  # the resolved space `aam tune` writes beside Tune's own files
