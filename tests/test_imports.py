@@ -1,7 +1,7 @@
 """Every aam module imports on its own, no two modules import each other, and the layers import
 strictly downwards, even from inside a function:
 
-    shared (aam/_files.py, _yaml.py, errors.py, examples) -> config -> data ->
+    shared (aam/_files.py, _yaml.py, _ray_internals.py, errors.py, examples) -> config -> data ->
     models -> training -> baselines -> search -> distributed -> cli
 
 A module may import its own layer and those to its left; another package's private module
@@ -89,7 +89,7 @@ print(json.dumps(failed))
 # each module's layer: the first entry its dotted name starts with (longest first), left to right
 LAYERS = ["shared", "aam.config", "aam.data", "aam.models", "aam.training", "aam.baselines", "aam.search",
           "aam.distributed", "aam.cli"]
-SHARED = ["aam", "aam._files", "aam._yaml", "aam.errors", "aam.examples"]
+SHARED = ["aam", "aam._files", "aam._yaml", "aam._ray_internals", "aam.errors", "aam.examples"]
 
 
 def layer_of(module: str) -> int:

@@ -1,31 +1,30 @@
 """Before `aam tune --resume`: undo what a killed driver left half-done in Ray Tune's own files.
 
-One entry point, `mend_killed_experiment`. Everything else here reads or rewrites Tune's private
-experiment files, in the layout of ray 2.60 (pyproject.toml pins ray below 2.61 for this);
-tests/distributed/test_resume_repair.py fails when a Ray release changes that layout:
-
-- `experiment_state-<session>.json`: the trials Tune recorded (read by `aam.search.experiment`);
-- `search_gen_state-<session>.json`: the search generator's state, cloudpickled: a dict whose
-  `counter` is the number of trials it created and whose `name:ConcurrencyLimiter` entry is the
-  limiter's attributes, `live_trials` (a set of trial ids) and `num_unfinished_live_trials`;
-- each driver session writes one set of such files, named `*-<session>.*`.
+One entry point, `mend_killed_experiment`. Tune's files are read and rewritten through
+`aam._ray_internals`, which knows their layout (which files one driver session writes, the trials
+the experiment state records, the search generator's counter and concurrency limiter) and fails in
+one line when a Ray release has moved it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from aam.search import cut_short_state, recorded_trial_ids, unrecorded_trials
+import yaml
+
+from aam._files import atomic_write
+from aam._ray_internals import (
+    experiment_states,
+    search_state_trials,
+    search_states,
+    session_files,
+    set_search_state_trials,
+)
 from aam.distributed.state_signature import sign_state, verify_state
 from aam.errors import AamUserError
+from aam.search import SPACE_FILE, cut_short_state, recorded_trial_ids, unrecorded_trials
 
 UNRECORDED_DIR = "unrecorded"  # what a resume sets aside: kept for the user, out of Tune's way
-EXPERIMENT_STATES = "experiment_state-*.json"
-SEARCH_STATES = "search_gen_state-*.json"
-COUNTER_KEY = "counter"  # trials the search generator created
-LIMITER_KEY = "name:ConcurrencyLimiter"  # the concurrency limiter's attributes
-LIVE_TRIALS = "live_trials"
-UNFINISHED_LIVE = "num_unfinished_live_trials"
 
 
 def mend_killed_experiment(experiment: Path) -> None:
@@ -63,15 +62,14 @@ def _set_aside_cut_short_state(experiment: Path) -> None:
     cut = cut_short_state(experiment)
     if cut is None:
         return
-    earlier = sorted(experiment.glob(EXPERIMENT_STATES))[:-1]
+    earlier = experiment_states(experiment)[:-1]
     if not earlier:
         raise AamUserError(
             f"--resume {experiment}: Tune's experiment state {cut.name} was cut short (the search was killed while "
             f"writing it) and there is no earlier one to resume from; start the search again under a new --name "
             f"(`aam runs {experiment}` still lists its trials)"
         )
-    session = cut.name.removeprefix("experiment_state-").removesuffix(".json")
-    aside = _move_aside(experiment, list(experiment.glob(f"*-{session}.*")))
+    aside = _move_aside(experiment, session_files(cut))
     print(f"{cut.name} was cut short when the search was stopped: resuming from the snapshot before it "
           f"({earlier[-1].name}); that session's state files moved to {aside}", flush=True)
 
@@ -104,19 +102,21 @@ def _reconcile_search_state(experiment: Path, recorded: set[str]) -> None:
     """
     import ray.cloudpickle as cloudpickle
 
-    snapshots = sorted(experiment.glob(SEARCH_STATES))
+    snapshots = search_states(experiment)
     if not snapshots:
         return
-    state = cloudpickle.loads(snapshots[-1].read_bytes())  # signed: verify_state has checked it
-    limiter = state.get(LIMITER_KEY, {})
-    live = set(limiter.get(LIVE_TRIALS, ()))
-    if state.get(COUNTER_KEY) == len(recorded) and live <= recorded:
+    newest = snapshots[-1]
+    state = cloudpickle.loads(newest.read_bytes())  # signed: verify_state has checked it
+    limited = _limits_concurrency(experiment)
+    counter, live = search_state_trials(state, newest, limited)
+    if counter == len(recorded) and (live is None or live <= recorded):
         return
-    state[COUNTER_KEY] = len(recorded)
-    if limiter:
-        limiter[LIVE_TRIALS] = live & recorded
-        limiter[UNFINISHED_LIVE] = len(live & recorded)
-    staged = snapshots[-1].with_name(f".{snapshots[-1].name}.tmp")
-    staged.write_bytes(cloudpickle.dumps(state))
-    staged.replace(snapshots[-1])
-    sign_state(experiment, experiment, [snapshots[-1].name])
+    set_search_state_trials(state, newest, limited, recorded)
+    atomic_write(newest, cloudpickle.dumps(state))
+    sign_state(experiment, experiment, [newest.name])
+
+
+def _limits_concurrency(experiment: Path) -> bool:
+    """Whether the search set max_concurrent_trials, for which Tune keeps a concurrency limiter."""
+    space = yaml.safe_load((experiment / SPACE_FILE).read_text())
+    return bool(space["tune"]["max_concurrent_trials"])

@@ -16,6 +16,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from aam._ray_internals import enable_token_auth, keep_ray_on_loopback, quiet_private_loggers
 from aam.errors import AamUserError
 
 # Defaults a user can still override in their environment. Workers inherit them.
@@ -54,14 +55,11 @@ def quiet_ray_loggers() -> None:
     Train's "Reporting training result ..." comes from a logger named by its file's path
     (`logging.getLogger(__file__)`), not from "ray.train".
     """
-    import ray
-
-    report_logger = os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
-    for name in ("ray.data", "ray.train", "ray.tune", report_logger):
+    for name in ("ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    # "Progress bars disabled. To enable, set ...": a warning, per process, about our own choice
-    # (RAY_DATA_DISABLE_PROGRESS_BARS: bars garble the per-epoch lines)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    # and those of Ray's private modules: Train's per-report line, Data's "Progress bars disabled"
+    # (RAY_DATA_DISABLE_PROGRESS_BARS is aam's choice: bars garble the per-epoch lines), token auth's advice
+    quiet_private_loggers()
 
 
 def setup_worker() -> None:
@@ -109,9 +107,7 @@ def secure_local_ray() -> None:
     itself (an explicit RAY_AUTH_MODE, e.g. `disabled` in the test session, is respected) and
     makes the token file readable by its owner only.
     """
-    from ray._private import ray_constants
-
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    keep_ray_on_loopback()
     mode = os.environ.get(AUTH_MODE_VAR)
     if mode is not None and mode.lower() != "token":
         return
@@ -119,9 +115,7 @@ def secure_local_ray() -> None:
     if mode is None:
         # what Ray does for its own default: the env for the processes it starts, and a refresh
         # of this process's cached config, which Ray read before this variable was set
-        from ray._private.authentication.authentication_token_setup import _enable_token_auth
-
-        _enable_token_auth()
+        enable_token_auth()
 
 
 AUTH_MODE_VAR = "RAY_AUTH_MODE"
@@ -226,10 +220,7 @@ def ray_runtime(address: str | None = None, cpus_needed: float = 0.0, quiet: boo
     set_ray_env()
     import ray
 
-    quiet_ray_loggers()
-    # "Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to opt out": the dashboard
-    # line below says what a user needs instead (where the token is)
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    quiet_ray_loggers()  # Ray's "token authentication is enabled" too: the dashboard line says where the token is
     if ray.is_initialized():  # tests and the in-process tune trial share one runtime
         yield ray
         return

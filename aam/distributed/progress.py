@@ -13,6 +13,8 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from aam._files import atomic_write
+from aam._ray_internals import experiment_folder, trial_failures
 from aam.distributed._storage import is_local
 from aam.search import clear_failed, error_line, mark_failed
 
@@ -44,7 +46,7 @@ class ProgressPrinter(Callback):
         self._loaded = True
         if self.best is not None or any(self.counts.values()):
             return  # this driver has its own tally already: never replace it by an older one
-        self.experiment = Path(trials[0].storage.experiment_fs_path)
+        self.experiment = Path(experiment_folder(trials[0]))
         try:
             saved = json.loads((self.experiment / PROGRESS_FILE).read_text())
             best = saved["best"]
@@ -57,9 +59,7 @@ class ProgressPrinter(Callback):
         """Called by Tune at each snapshot: write the best and tally beside it; nothing to pickle."""
         state = {"best": list(self.best) if self.best else None, "counts": dict(self.counts)}
         if self.experiment is not None and state != self._saved and Path(self.experiment).is_dir():
-            staged = Path(self.experiment) / f".{PROGRESS_FILE}.tmp"
-            staged.write_text(json.dumps(state) + "\n")
-            staged.replace(Path(self.experiment) / PROGRESS_FILE)
+            atomic_write(Path(self.experiment) / PROGRESS_FILE, json.dumps(state) + "\n")
             self._saved = state
         return None
 
@@ -89,7 +89,7 @@ class ProgressPrinter(Callback):
         self.say(f"{trial.trial_id} {kind} after {done}/{total} epochs" + self.tally())
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        failures = trial.run_metadata.num_failures
+        failures = trial_failures(trial)
         self.say(f"{trial.trial_id} failed ({_error_line(trial)}); retrying from its last checkpoint "
                  f"(retry {failures} of {trial.max_failures})")
 
@@ -97,7 +97,7 @@ class ProgressPrinter(Callback):
         self.counts["failed"] += 1
         error = _error_line(trial)
         if is_local(trial.path):
-            mark_failed(Path(trial.path), error, trial.run_metadata.num_failures)
+            mark_failed(Path(trial.path), error, trial_failures(trial))
         self.say(f"{trial.trial_id} FAILED for good ({error}); see {trial.path}/error.txt" + self.tally())
 
     def tally(self) -> str:

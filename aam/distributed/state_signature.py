@@ -8,14 +8,16 @@ with an HMAC-SHA256 under a per-user key (`$XDG_CONFIG_HOME/aam/state-key`, defa
 `~/.config/aam/state-key`, created 0600), and `--resume` verifies them before anything is
 unpickled.
 
-When the signing happens: Tune writes a snapshot into a local staging folder (`save_to_dir`),
-then copies it to the experiment folder in the background, file by file. `StateSigner.get_state`
-runs inside that save, after the experiment state and searcher files are written, so each
-version is signed before any copy of it can reach the experiment folder, and the signature log
-(`aam-state-signatures.json`, a few versions per file) is written straight into the experiment
-folder. A driver killed at any moment therefore leaves only signed versions behind. aam's own
-callbacks keep no Tune callback state (Tune would pickle it after the signing), so no
-callback-states file is written.
+When the signing happens: Tune writes a snapshot into a local staging folder (its storage's
+driver staging path), then copies it to the experiment folder in the background, file by file.
+`StateSigner.get_state` runs inside that save, after the experiment state and searcher files are
+written, so each version is signed before any copy of it can reach the experiment folder, and the
+signature log (`aam-state-signatures.json`, a few versions per file) is written straight into the
+experiment folder. The staging folder is read off the first trial's storage, so a new search's
+first save (in the step that creates its first trials) is signed at the end of that step
+instead, moments after its copy may have begun: a driver killed in those moments leaves a state
+that `--resume` refuses in one line rather than trusts. aam's own callbacks keep no Tune callback
+state (Tune would pickle it after the signing), so no callback-states file is written.
 """
 
 from __future__ import annotations
@@ -26,16 +28,15 @@ import json
 import os
 import secrets
 import stat
-import sys
 from pathlib import Path
 
 from ray.tune import Callback
 
+from aam._files import atomic_write
+from aam._ray_internals import PICKLED_STATE, driver_staging_folder, experiment_folder
 from aam.errors import AamUserError
 
 SIGNATURE_FILE = "aam-state-signatures.json"
-STATE_PATTERNS = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json",
-                  "callback-states-*.pkl")
 KEEP_VERSIONS = 16  # signatures kept per file name: versions still being copied while newer ones are signed
 
 
@@ -72,7 +73,7 @@ def _mac(key: bytes, name: str, data: bytes) -> str:
 
 
 def state_files(folder: Path) -> list[Path]:
-    return sorted({p for pattern in STATE_PATTERNS for p in Path(folder).glob(pattern) if p.is_file()})
+    return sorted({p for pattern in PICKLED_STATE for p in Path(folder).glob(pattern) if p.is_file()})
 
 
 def _read_log(experiment: Path) -> dict[str, list[str]]:
@@ -101,9 +102,7 @@ def sign_state(source: Path, experiment: Path, names: list[str] | None = None) -
             del versions[:-KEEP_VERSIONS]
             changed = True
     if changed:
-        staged = experiment / f".{SIGNATURE_FILE}.tmp-{os.getpid()}"
-        staged.write_text(json.dumps({"files": log}, indent=0) + "\n")
-        staged.replace(experiment / SIGNATURE_FILE)
+        atomic_write(experiment / SIGNATURE_FILE, json.dumps({"files": log}, indent=0) + "\n")
 
 
 def verify_state(experiment: Path) -> None:
@@ -123,20 +122,6 @@ def verify_state(experiment: Path) -> None:
             )
 
 
-def _staging_of_save() -> Path | None:
-    """The folder Tune's `CallbackList.save_to_dir(checkpoint_dir)` is saving into, read off the
-    call stack (Ray 2.60: our get_state <- CallbackList.get_state <- CallbackList.save_to_dir)."""
-    frame = sys._getframe(1)
-    for _ in range(6):
-        if frame is None:
-            return None
-        folder = frame.f_locals.get("checkpoint_dir")
-        if isinstance(folder, (str, Path)) and frame.f_code.co_name == "save_to_dir":
-            return Path(folder)
-        frame = frame.f_back
-    return None
-
-
 class StateSigner(Callback):
     """Signs each snapshot of the search's state as Tune saves it (see the module docstring)."""
 
@@ -145,12 +130,23 @@ class StateSigner(Callback):
         self.staging: Path | None = None
 
     def on_step_begin(self, iteration, trials, **info):
-        if self.staging is None and trials:
-            self.staging = Path(trials[0].storage.experiment_driver_staging_path)
-            self.experiment = Path(trials[0].storage.experiment_fs_path)
+        self._learn_folders(trials)
+
+    def on_step_end(self, iteration, trials, **info):
+        # a new search saves its first snapshot in the step that created its first trials, before
+        # this callback could learn the staging folder from them: sign what that save wrote
+        if self._learn_folders(trials):
+            self.get_state()
+
+    def _learn_folders(self, trials) -> bool:
+        """Read the staging and experiment folders off the first trial's storage; True the first time."""
+        if self.staging is not None or not trials:
+            return False
+        self.staging = driver_staging_folder(trials[0])
+        self.experiment = Path(experiment_folder(trials[0]))
+        return True
 
     def get_state(self):
-        staging = _staging_of_save() or self.staging
-        if staging is not None and Path(staging).is_dir():
-            sign_state(Path(staging), self.experiment)
+        if self.staging is not None and self.staging.is_dir():
+            sign_state(self.staging, self.experiment)
         return None  # nothing for Tune to pickle

@@ -17,10 +17,11 @@ import pyarrow as pa
 import torch
 
 from aam._files import mark_output
+from aam._ray_internals import worker_exception
 from aam.config import RunConfig
 from aam.distributed.cluster import quiet_ray_loggers, ray_runtime
 from aam.errors import AamRunFailed, AamUserError
-from aam.training.loop import fit
+from aam.training.loop import build_model, fit
 from aam.training.resume import checkpoint_resume_state
 from aam.training.session import Session, StaticData
 from aam.training.prepare import load_static
@@ -166,7 +167,7 @@ def train(cfg: RunConfig, run_dir: Path, restore: dict | None = None, address: s
           verbose: bool = False) -> dict:
     """Train `cfg` with `cfg.workers` Ray Train workers; leave the run's files in `run_dir`."""
     static, _ = load_static(cfg)
-    _check_workers(cfg, static)
+    _check_before_ray(cfg, static)
     for warning in cfg.redundancy_warnings(list(static.categoricals)):
         print(f"warning: {warning}", flush=True)
     run_dir = Path(run_dir).resolve()
@@ -214,9 +215,9 @@ def _one_line(error: Exception, cfg: RunConfig, run_dir: Path) -> Exception:
     if not failures:
         failures = {None: getattr(error, "controller_failure", error)}
     for cause in failures.values():
-        base = getattr(cause, "_base_exc", cause)  # the exception a worker's training code raised
-        if isinstance(base, AamUserError):
-            return base
+        raised = worker_exception(cause)  # the exception a worker's training code raised
+        if isinstance(raised, AamUserError):
+            return raised
     died = {rank: cause for rank, cause in failures.items()
             if isinstance(getattr(cause, "health_check_failure", cause), RayActorError)}
     if died:
@@ -258,19 +259,16 @@ def _short(line: str) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-def _check_workers(cfg: RunConfig, static: StaticData) -> None:
-    per_worker = static.n_train // cfg.workers
-    if per_worker < 1:
+def _check_before_ray(cfg: RunConfig, static: StaticData) -> None:
+    """What would otherwise fail inside every worker, once Ray has started: a train split too small
+    to give each worker a sample, and a pretrained encoder that does not fit (the model is built
+    here as each worker builds it)."""
+    if static.n_train // cfg.workers < 1:
         raise AamUserError(
             f"workers={cfg.workers}: the train split has only {static.n_train} samples; use fewer workers"
         )
-    if cfg.pretrained_encoder:  # fail here, not inside a worker
-        from aam.models import AAM
-        from aam.training.checkpoint import load_encoder_weights
-
-        vocabulary = static.asv_vocabulary() if cfg.asv_identity else None
-        load_encoder_weights(AAM(cfg, static.targets, static.token_width, asv_vocabulary=vocabulary),
-                             cfg.pretrained_encoder)
+    if cfg.pretrained_encoder:
+        build_model(cfg, static)
 
 
 def _copy_tree(source: Path, dest: Path) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from aam._ray_internals import experiment_states, trial_records
 from aam.search.space import SearchSpace, when_holds
 from aam.errors import AamUserError
 
@@ -257,7 +258,7 @@ def _trial_dirs(path: Path) -> list[Path]:
 
 
 def _newest_state(path: Path) -> tuple[Path | None, dict | None]:
-    files = sorted(path.glob("experiment_state-*.json"))
+    files = experiment_states(path)
     if not files:
         return None, None
     try:
@@ -268,15 +269,10 @@ def _newest_state(path: Path) -> tuple[Path | None, dict | None]:
 
 def _trial_states(path: Path) -> dict[str, dict] | None:
     """Tune's record of each trial, from its newest experiment state; None when there is none to read."""
-    _, data = _newest_state(path)
+    file, data = _newest_state(path)
     if data is None:  # none, or cut short: the trials' own files still tell
         return None
-    out = {}
-    for trial_json, runtime_json in data.get("trial_data", []):
-        trial = json.loads(trial_json)
-        runtime = json.loads(runtime_json)
-        out[trial["trial_id"]] = {"status": trial.get("status"), "last_result": runtime.get("last_result") or {}}
-    return out
+    return trial_records(data, file)
 
 
 def _history(result_file: Path) -> list[dict]:

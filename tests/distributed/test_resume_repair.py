@@ -1,54 +1,58 @@
-"""The layout of Ray Tune's private experiment files that `aam tune --resume` reads and rewrites.
+"""The layout of Ray Tune's private experiment files that `aam tune --resume` reads and rewrites,
+in the files a real search left.
 
-`aam.distributed._resume_repair` was written against the Ray releases pinned in pyproject.toml.
-These tests read the files a real search left and fail when a Ray release moves what the repair
-relies on: then change the repair with the pin, not one without the other.
+`aam._ray_internals` reads and rewrites them as Ray 2.60 lays them out (and pyproject.toml pins
+that Ray). These tests fail when a Ray release moves what it relies on: then change the door with
+the pin, not one without the other. tests/test_ray_internals.py checks the one-line failure when
+a key is missing.
 """
 
 import json
 import re
-import tomllib
-from pathlib import Path
 
 import pytest
-import ray
 import ray.cloudpickle as cloudpickle
-from packaging.requirements import Requirement
 
-from aam.distributed import _resume_repair as repair
+from aam import _ray_internals as tune_files
 from aam.search import read_experiment, recorded_trial_ids
 
 pytestmark = pytest.mark.slow
 
 
-def test_the_installed_ray_is_one_the_repair_was_written_for():
-    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
-    [ray_pin] = [Requirement(d) for d in pyproject["project"]["dependencies"] if Requirement(d).name == "ray"]
-    assert ray_pin.specifier.contains(ray.__version__), (ray.__version__, str(ray_pin.specifier))
-
-
 def test_the_experiment_state_lists_every_trial_by_id_and_status(small_experiment):
-    [state] = sorted(small_experiment.glob(repair.EXPERIMENT_STATES))
-    for trial_json, runtime_json in json.loads(state.read_text())["trial_data"]:
+    [state] = tune_files.experiment_states(small_experiment)
+    for trial_json, runtime_json in json.loads(state.read_text())[tune_files.TRIAL_DATA]:
         trial, runtime = json.loads(trial_json), json.loads(runtime_json)
         assert isinstance(trial["trial_id"], str) and trial["status"] == "TERMINATED"
         assert "last_result" in runtime
-    assert recorded_trial_ids(small_experiment) == {t.trial_id for t in read_experiment(small_experiment).trials}
+    records = tune_files.trial_records(json.loads(state.read_text()), state)
+    assert set(records) == recorded_trial_ids(small_experiment) == {t.trial_id for t in read_experiment(
+        small_experiment).trials}
+    assert all(r["status"] == "TERMINATED" and r["last_result"]["training_iteration"] for r in records.values())
 
 
 def test_the_search_generator_state_holds_the_counter_and_the_limiter_the_repair_rewrites(small_experiment):
-    [snapshot] = sorted(small_experiment.glob(repair.SEARCH_STATES))
+    [snapshot] = tune_files.search_states(small_experiment)
     state = cloudpickle.loads(snapshot.read_bytes())
-    assert state[repair.COUNTER_KEY] == len(recorded_trial_ids(small_experiment)) == 6
-    limiter = state[repair.LIMITER_KEY]  # SMALL_SPACE sets max_concurrent_trials, so Tune adds a limiter
-    assert isinstance(limiter[repair.LIVE_TRIALS], set) and limiter[repair.LIVE_TRIALS] <= recorded_trial_ids(
+    assert state[tune_files.COUNTER] == len(recorded_trial_ids(small_experiment)) == 6
+    limiter = state[tune_files.LIMITER]  # SMALL_SPACE sets max_concurrent_trials, so Tune adds a limiter
+    assert isinstance(limiter[tune_files.LIVE_TRIALS], set) and limiter[tune_files.LIVE_TRIALS] <= recorded_trial_ids(
         small_experiment)
-    assert isinstance(limiter[repair.UNFINISHED_LIVE], int)
+    assert isinstance(limiter[tune_files.UNFINISHED_LIVE], int)
+    counter, live = tune_files.search_state_trials(state, snapshot, limited=True)
+    assert counter == 6 and live == limiter[tune_files.LIVE_TRIALS]
 
 
 def test_one_driver_session_names_all_its_state_files_alike(small_experiment):
     # a cut-short experiment state is rolled back by moving aside every `*-<session>.*` file
-    [state] = small_experiment.glob(repair.EXPERIMENT_STATES)
+    [state] = tune_files.experiment_states(small_experiment)
     session = re.fullmatch(r"experiment_state-(.+)\.json", state.name).group(1)
     assert (small_experiment / f"search_gen_state-{session}.json").is_file()
-    assert {p.name for p in small_experiment.glob(f"*-{session}.*")} >= {state.name, f"search_gen_state-{session}.json"}
+    assert {p.name for p in tune_files.session_files(state)} >= {state.name, f"search_gen_state-{session}.json"}
+    assert {p.name for p in tune_files.session_files(state)} == {p.name for p in small_experiment.glob(f"*-{session}.*")}
+
+
+def test_every_file_tune_unpickles_on_restore_is_one_aam_signs(small_experiment):
+    pickled = {p.name for pattern in tune_files.PICKLED_STATE for p in small_experiment.glob(pattern)}
+    assert {"tuner.pkl"} <= pickled
+    assert {p.name for p in small_experiment.glob("*.pkl")} <= pickled  # no pickle of Tune's escapes the patterns
