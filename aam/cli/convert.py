@@ -50,38 +50,34 @@ def convert(
 ) -> None:
     """Convert a BIOM table and its metadata into a dataset folder for training."""
     from aam.data import convert_dataset, parse_split
-    from aam.errors import AamUserError
 
     given = {"table": table, "metadata": metadata, "targets": target or None, "categoricals": categorical or None,
              "unifrac": unifrac}  # fmt: skip
+    report = convert_dataset(out=out, id_column=id_column, sequences=sequences, rarefy=rarefy, seed=seed,
+                             split=parse_split(split), group_by=group_by, tree=tree, unifrac_metric=unifrac_metric,
+                             overwrite=force, **_inputs(given, example, tree))
+    for line in report.lines():
+        typer.echo(line)
+    typer.echo(f"wrote {out}")
+
+
+def _inputs(given: dict, example: str | None, tree: Path | None) -> dict:
+    """The table, metadata, targets, categoricals and UniFrac to convert: a bundled example's, then
+    the flags given (a --tree replaces the example's UniFrac matrix); the table and metadata required."""
+    from aam.errors import AamUserError
+
     args = {}
     if example is not None:
         from aam import examples
 
         args = examples.convert_args(example)
         if tree is not None:
-            args.pop("unifrac", None)  # the user asked for a tree instead of the example's matrix
+            args.pop("unifrac", None)
     args.update({k: v for k, v in given.items() if v is not None})
     for key, flag in (("table", "--table"), ("metadata", "--metadata")):
         if not args.get(key):
             raise AamUserError(f"{flag} is required (or pass --example mouse_age_mini to convert the bundled example)")
-
     if not args.get("targets"):
         args["targets"] = []
         print("no --target: writing a pretraining dataset (UniFrac and masked nucleotides only)")
-    report = convert_dataset(
-        out=out,
-        id_column=id_column,
-        sequences=sequences,
-        rarefy=rarefy,
-        seed=seed,
-        split=parse_split(split),
-        group_by=group_by,
-        tree=tree,
-        unifrac_metric=unifrac_metric,
-        overwrite=force,
-        **args,
-    )
-    for line in report.lines():
-        typer.echo(line)
-    typer.echo(f"wrote {out}")
+    return args

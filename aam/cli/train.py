@@ -61,15 +61,27 @@ def train(
     overrides: dict = None,
 ):
     """Train the AAM model on a dataset folder made by `aam convert`."""
-    from aam.distributed.train import train as run_training
+    cfg, restore, trial = _starting_config(config, best_of, resume_from, overrides or {}, seeds)
+    replace = check_output_folder(out, "run", force, {"--data": cfg.data, "--config": config, "--best-of": best_of,
+                                                      "--resume-from": resume_from,
+                                                      "pretrained_encoder": cfg.pretrained_encoder},
+                                  continuing=resume_from)
+    with replacing_folder(out, replace):
+        results = _train_seeds(cfg, out, seeds, restore, address, verbose)
+        mark_output(out, "run")  # a --seeds folder holds runs: one more run to --force over
+        if trial is not None or seeds > 1:
+            _write_comparison(out, results, trial)
 
+
+def _starting_config(config: Path | None, best_of: Path | None, resume_from: Path | None, overrides: dict,
+                     seeds: int) -> tuple[RunConfig, dict | None, object]:
+    """(the run's config, the state to resume, the search trial retrained): the defaults, then
+    --config, then the --best-of trial's or the --resume-from run's config, then the flags typed."""
     base: dict = {}
-    where = "command line"
-    restore = None
+    where, restore, trial = "command line", None, None
     if config is not None:
         base = load_run_file(config)
         where = f"--config {config} + flags"
-    trial = None
     if best_of is not None:
         from aam.search import resolve_trial
 
@@ -78,37 +90,34 @@ def train(
         trial = resolve_trial(best_of)
         if not trial.config:
             raise AamUserError(f"--best-of {best_of}: trial {trial.path.name} has no config.json yet")
-        base = {**base, **trial.config}
-        where = f"--best-of {trial.path} + flags"
+        base, where = {**base, **trial.config}, f"--best-of {trial.path} + flags"
     if resume_from is not None:
         restore = _load_resume_state(resume_from)
-        base = {**base, **restore["config"]}
-        where = f"--resume-from {resume_from} + flags"
-    cfg = resolve_config(base, overrides or {}, where)
+        base, where = {**base, **restore["config"]}, f"--resume-from {resume_from} + flags"
+    cfg = resolve_config(base, overrides, where)
     if restore is not None and restore["epoch"] >= cfg.epochs:
-        raise AamUserError(
-            f"--resume-from {resume_from}: it already trained {restore['epoch']} of epochs={cfg.epochs}; "
-            "pass a larger --epochs to continue"
-        )
+        raise AamUserError(f"--resume-from {resume_from}: it already trained {restore['epoch']} of "
+                           f"epochs={cfg.epochs}; pass a larger --epochs to continue")
     if seeds > 1 and restore is not None:
         raise AamUserError("--seeds starts new runs; it cannot be combined with --resume-from")
-    replace = check_output_folder(out, "run", force, {"--data": cfg.data, "--config": config, "--best-of": best_of,
-                                                      "--resume-from": resume_from,
-                                                      "pretrained_encoder": cfg.pretrained_encoder},
-                                  continuing=resume_from)
-    with replacing_folder(out, replace):
-        if seeds == 1:
-            results = {cfg.seed: run_training(cfg, out, restore=restore, address=address, verbose=verbose)}
-            _print_summary(out, results[cfg.seed])
-        else:
-            results = {}
-            for k in range(seeds):
-                seeded = cfg.replace(where, seed=cfg.seed + k)
-                results[seeded.seed] = run_training(seeded, out / f"seed_{seeded.seed}", address=address, verbose=verbose)
-                _print_summary(out / f"seed_{seeded.seed}", results[seeded.seed])
-        mark_output(out, "run")  # a --seeds folder holds runs: one more run to --force over
-        if trial is not None or seeds > 1:
-            _write_comparison(out, results, trial)
+    return cfg, restore, trial
+
+
+def _train_seeds(cfg: RunConfig, out: Path, seeds: int, restore: dict | None, address: str | None,
+                 verbose: bool) -> dict:
+    """seed -> final metrics: one run in OUT, or with --seeds one per seed in OUT/seed_K."""
+    from aam.distributed import run_training
+
+    if seeds == 1:
+        results = {cfg.seed: run_training(cfg, out, restore=restore, address=address, verbose=verbose)}
+        _print_summary(out, results[cfg.seed])
+        return results
+    results = {}
+    for k in range(seeds):
+        seeded = cfg.replace(f"--seeds {seeds}", seed=cfg.seed + k)
+        results[seeded.seed] = run_training(seeded, out / f"seed_{seeded.seed}", address=address, verbose=verbose)
+        _print_summary(out / f"seed_{seeded.seed}", results[seeded.seed])
+    return results
 
 
 def _load_resume_state(run_dir: Path) -> dict:
