@@ -115,6 +115,11 @@ class RunConfig:
     categorical_lr: float = _f(0.0, "Peak learning rate of every categorical parameter (embeddings, fusion, "
                                "category router and affine; 0: same as lr).", low=0.0, high=1.0, section="optim")
     weight_decay: float = _f(0.01, "AdamW weight decay.", low=0.0, section="optim")
+    identity_weight_decay: float = _f(-1.0, "AdamW weight decay of the ASV identity vectors (asv_identity), which "
+                                      "hold one free vector per training ASV and are what a small table memorises "
+                                      "first (-1: the same as weight_decay).", low=-1.0, section="optim")
+    patience: int = _f(0, "Stop when the val score has not improved for this many epochs (0: run every epoch); the "
+                       "best epoch is kept and scored on test either way.", low=0, section="optim")
     warmup_frac: float = _f(0.1, "Warm-up as a fraction of all steps, then cosine decay.", low=0.0, high=0.9,
                             section="optim")
     grad_clip: float = _f(1.0, "Clip the gradient norm to this (0 turns clipping off).", low=0.0, section="optim")
@@ -143,6 +148,19 @@ class RunConfig:
                                    "reads), sqrt (of the share: the Hellinger transform, which lifts rare ASVs) or "
                                    "log (log1p of the reads per ten thousand).", choices=("share", "sqrt", "log"),
                                    section="quality")
+    augment_rarefy: float = _f(0.0, "Each epoch, re-draw every training sample's reads without replacement at a "
+                               "depth drawn between (1 - this) of its reads and all of them, as rarefying does "
+                               "(0: off; 0.5: keep 50-100% of the reads).", low=0.0, high=0.95, section="quality")
+    augment_drop_asvs: float = _f(0.0, "Each epoch, leave out this share of every training sample's ASVs, drawn at "
+                                  "random (0: off); a sample keeps at least one.", low=0.0, high=0.9,
+                                  section="quality")
+    mixup: float = _f(0.0, "Mix each training sample with another of its batch: compositions (read shares) and "
+                      "targets by a weight drawn from Beta(mixup, mixup) (0: off; 0.2-0.4 is usual).", low=0.0,
+                      high=10.0, section="quality")
+    folds: int = _f(1, "Cross-validation: train this many models, each on all but one fold of train+val (grouped "
+                    "datasets fold by their group), and score the out-of-fold predictions of every non-test sample; "
+                    "the folder is an ensemble of the fold models (1: off, a plain train/val run).", low=1, high=20,
+                    section="quality")
     min_abundance: float = _f(0.0, "Leave out ASVs below this share of their sample's reads (0: keep all) before "
                               "token_limit applies; with a large token_limit every ASV above the floor is read.",
                               low=0.0, high=0.5, section="quality")
@@ -229,6 +247,12 @@ class RunConfig:
         if self.asv_identity and self.freeze_encoder:
             raise AamUserError(f"{where}: asv_identity=true needs a sample encoder that trains (its vectors feed it); "
                                "drop freeze_encoder or asv_identity")
+        if -1 < self.identity_weight_decay < 0:
+            raise AamUserError(f"{where}: identity_weight_decay={self.identity_weight_decay!r} must be -1 (the same as "
+                               "weight_decay) or a decay of 0 or more")
+        if self.folds > 1 and (self.workers > 1 or self.train_on_val):
+            raise AamUserError(f"{where}: folds={self.folds} trains its fold models one process each on train+val; "
+                               "set workers=1 and train_on_val=false (or folds=1)")
         if self.freeze_encoder and not self.pretrained_encoder:
             raise AamUserError(f"{where}: freeze_encoder=true needs pretrained_encoder (a run folder)")
 
@@ -290,6 +314,8 @@ class RunConfig:
             out.append("quantiles are set but no target uses the quantile loss")
         if self.ema_warmup != "off" and self.ema_decay == 0:
             out.append(f"ema_warmup={self.ema_warmup} is set but ema_decay=0: there is no average to warm up")
+        if self.identity_weight_decay >= 0 and not self.asv_identity:
+            out.append("identity_weight_decay is set but asv_identity=false: there are no identity vectors to decay")
         if self.abundance_bag_weight != "share" and not self.abundance_bag:
             out.append(f"abundance_bag_weight={self.abundance_bag_weight} is set but abundance_bag=false: "
                        "there is no bag to weight")

@@ -260,6 +260,9 @@ def convert_dataset(
     if rarefy is not None:
         notes.append(f"rarefied to {rarefy} reads per sample (seed {seed})")
 
+    if groups is not None:
+        # kept per sample so cross-validation (`folds`) can fold by the same groups as the split
+        columns["group"] = pa.array([str(g) for g in groups], pa.string())
     samples = _samples_table(rows, split_names, columns, uf)
     width = tokens.shape[1]
     asvs = asvs_table(sub.observation_ids, seq_list, tokens)

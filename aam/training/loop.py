@@ -30,10 +30,12 @@ import torch
 
 from aam._files import load_torch, remove_work_folder, save_torch, work_folder
 from aam.config import RunConfig
+from aam.data.augment import augment_rows
 from aam.data.collate import BatchSpec, collate, move_to
 from aam.training import artifacts
 from aam.training.checkpoint import MODEL_FILE, ModelBundle, load_encoder_weights, model_payload
 from aam.training.evaluation import evaluate, recalibrate_batchnorm
+from aam.training.folds import FOLDS_DIR, fold_static, split_folds, write_cv_folder
 from aam.training.losses import total_loss
 from aam.training.optim import FiniteLossCheck, group_lrs, make_optimizer, warmup_cosine, weight_average
 from aam.training.resume import restore_training, save_training_state
@@ -101,13 +103,24 @@ def prefetched(batches: Iterator[pa.Table], make: Callable[[pa.Table], dict]) ->
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def collate_for(spec: BatchSpec, device: torch.device) -> Callable[[pa.Table], dict]:
-    """The collate of the training loop: on a GPU the batch's tensors are pinned (in the prefetch
-    thread) so that `move_to` copies them without blocking."""
+def augmenting(cfg: RunConfig, epoch: int, rank: int) -> Callable[[pa.Table], pa.Table] | None:
+    """This epoch's augmentation of training rows (aam.data.augment), or None when `cfg` asks for
+    none. Its draws are seeded by (seed, epoch, rank), and the prefetch thread calls it batch by
+    batch in order, so a run draws the same samples on every path."""
+    if cfg.augment_rarefy <= 0 and cfg.augment_drop_asvs <= 0 and cfg.mixup <= 0:
+        return None
+    rng = np.random.default_rng([cfg.seed, epoch, rank, 1])
+    return lambda rows: augment_rows(rows, rng, rarefy=cfg.augment_rarefy, drop=cfg.augment_drop_asvs, mixup=cfg.mixup)
+
+
+def collate_for(spec: BatchSpec, device: torch.device,
+                augment: Callable[[pa.Table], pa.Table] | None = None) -> Callable[[pa.Table], dict]:
+    """The collate of the training loop (after `augment`, when given): on a GPU the batch's
+    tensors are pinned (in the prefetch thread) so that `move_to` copies them without blocking."""
     pin = torch.device(device).type == "cuda"
 
     def make(rows: pa.Table) -> dict:
-        batch = collate(rows, spec)
+        batch = collate(augment(rows) if augment is not None else rows, spec)
         return {k: (v.pin_memory() if pin and torch.is_tensor(v) else v) for k, v in batch.items()} if pin else batch
 
     return make
@@ -148,6 +161,8 @@ class _Run:
 
 def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
     """Train per `cfg`; returns the final metrics (rank 0; other ranks return {})."""
+    if cfg.folds > 1:
+        return _fit_folds(cfg, static, session)
     workdir = work_folder("aam-run-")
     run = None
     try:
@@ -162,11 +177,88 @@ def fit(cfg: RunConfig, static: StaticData, session: Session) -> dict:
                 _save_epoch(run, epoch, metrics)
                 checkpoint_dir, final = str(workdir), metrics
             session.report(metrics, checkpoint_dir)
+            if _every_rank_stops(run, _out_of_patience(run, epoch)):
+                break
         return final
     finally:
         if run is not None and run.writer is not None:
             run.writer.close()
         remove_work_folder(workdir)
+
+
+def _out_of_patience(run: _Run, epoch: int) -> bool:
+    """Rank 0: whether val has not improved for `patience` epochs (early stopping)."""
+    cfg = run.cfg
+    return run.session.rank == 0 and 0 < cfg.patience <= epoch + 1 - run.best.epoch and not cfg.train_on_val
+
+
+def _every_rank_stops(run: _Run, stop: bool) -> bool:
+    """Rank 0's decision to stop, on every rank: a rank that left the loop alone would leave the
+    others waiting in their next all-reduce."""
+    if run.session.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = torch.tensor([1.0 if stop else 0.0], device=run.device)
+        torch.distributed.broadcast(flag, src=0)
+        return bool(flag.item())
+    return stop
+
+
+def _fit_folds(cfg: RunConfig, static: StaticData, session: Session) -> dict:
+    """`folds: K` (see aam.training.folds): K runs on the folds of train+val, an epoch of each in
+    turn, reported as one run whose val scores are their mean and whose folder is their ensemble.
+
+    Each fold stops on its own patience; the test split is scored by each fold's best epoch when
+    it stops and by the folds' mean at the end. A restarted run starts its folds afresh (their
+    state is in the checkpoint, but a fold-wise resume is not built)."""
+    rows = pa.concat_tables([session.epoch_rows(0), static.eval_rows["val"]], promote_options="default")
+    workdir = work_folder("aam-run-")
+    fold_cfg = cfg.replace(folds=1)  # each fold is a plain run; the folder's own config.json says folds=K
+    runs: list[_Run] = []
+    try:
+        for k, (train, held_out) in enumerate(split_folds(rows, cfg)):
+            folder = workdir / FOLDS_DIR / str(k)
+            folder.mkdir(parents=True)
+            runs.append(_setup(fold_cfg, fold_static(fold_cfg, static, train, held_out),
+                               Session(train, cfg.seed, verbose=False), folder))
+        cfg.save(workdir / "config.json")
+        history: list[dict] = []
+        live = list(runs)
+        for epoch in range(cfg.epochs):
+            started = time.perf_counter()
+            for run in live:
+                metrics = {"epoch": epoch + 1, **_train_epoch(run, epoch)}
+                _evaluate_epoch(run, epoch, metrics, time.perf_counter())
+                _save_epoch(run, epoch, metrics)
+            live = [run for run in live if not _out_of_patience(run, epoch)]
+            metrics = _fold_metrics(runs, epoch, started)
+            metrics.update(write_cv_folder(workdir, cfg, static, [str(k) for k in range(len(runs))]))
+            metrics["best_val_score"] = metrics["val_mae"]
+            history.append(metrics)
+            (workdir / "metrics.json").write_text(json.dumps({"history": history, "folds": cfg.folds}, indent=1))
+            _log_epoch(None, metrics, cfg.epochs, session.verbose)
+            session.report(metrics, str(workdir))
+            if not live:
+                break
+        return history[-1] if history else {}
+    finally:
+        for run in runs:
+            if run.writer is not None:
+                run.writer.close()
+        remove_work_folder(workdir)
+
+
+def _fold_metrics(runs: list[_Run], epoch: int, started: float) -> dict:
+    """One epoch of the folds as one run's metrics: each fold's latest val and train scores (a
+    stopped fold's last ones) averaged, weighted by its held-out samples."""
+    weights = np.array([run.static.eval_rows["val"].num_rows for run in runs], dtype=float)
+    latest = [run.history[-1] for run in runs]
+    keys = [k for k in latest[0] if k.startswith(("train_", "val_")) and all(isinstance(m.get(k), float) for m in latest)]
+    metrics = {"epoch": epoch + 1, "lr": latest[0].get("lr", 0.0)}
+    # this epoch's held-out scores as `fold_*`: `val_*` is the out-of-fold score of the kept models
+    metrics.update({k if k.startswith("train_") else f"fold_{k}": float(np.average([m[k] for m in latest],
+                                                                                   weights=weights)) for k in keys})
+    metrics["best_epoch"] = max(run.best.epoch for run in runs)
+    metrics["epoch_seconds"] = time.perf_counter() - started
+    return metrics
 
 
 def build_model(cfg: RunConfig, static: StaticData) -> AAM:
@@ -231,7 +323,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
     steps = 0
     finite = FiniteLossCheck(epoch + 1)
     batches = run.session.train_batches(epoch, cfg.batch_size)
-    for rows, collated in prefetched(batches, collate_for(run.spec, device)):
+    for rows, collated in prefetched(batches, collate_for(run.spec, device, augmenting(cfg, epoch, run.session.rank))):
         if rows.num_rows < 2:  # a lone last sample: BatchNorm needs two (shards are equal, so all ranks skip)
             continue
         batch = move_to(collated, device)
@@ -286,7 +378,7 @@ def _evaluate_epoch(run: _Run, epoch: int, metrics: dict, started: float) -> Non
     metrics["best_epoch"] = best.epoch
     metrics["best_val_score"] = best.score
     metrics["epoch_seconds"] = time.perf_counter() - started
-    if epoch + 1 == cfg.epochs:
+    if epoch + 1 == cfg.epochs or _out_of_patience(run, epoch):
         metrics.update(_test_best_epoch(run))
     if best.epoch == epoch + 1:
         best.metrics = metrics

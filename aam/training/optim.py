@@ -19,17 +19,26 @@ from aam.config import RunConfig
 from aam.errors import AamUserError
 
 # the names of the parameter groups (`name` of each optimizer param group)
-MAIN, CATEGORICAL = "main", "categorical"
+MAIN, CATEGORICAL, IDENTITY = "main", "categorical", "identity"
 
 
 def make_optimizer(model, cfg) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters of `model` (an AAM), grouped as described above."""
+    """AdamW over the trainable parameters of `model` (an AAM), grouped as described above; the
+    ASV identity vectors get a group of their own when `identity_weight_decay` is set (>= 0):
+    one free vector per training ASV is where a small table is memorised first, so they may
+    want a stronger pull to zero than the shared weights."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     categorical = {id(p) for p in model.categorical_parameters() if p.requires_grad} if cfg.categorical_lr > 0 else set()
-    groups = [{"params": [p for p in trainable if id(p) not in categorical], "lr": cfg.lr, "name": MAIN}]
+    identity = set()
+    if cfg.identity_weight_decay >= 0 and getattr(model, "asv_identity", None) is not None:
+        identity = {id(p) for p in model.asv_identity.parameters() if p.requires_grad}
+    groups = [{"params": [p for p in trainable if id(p) not in categorical | identity], "lr": cfg.lr, "name": MAIN}]
     if categorical:
         groups.append({"params": [p for p in trainable if id(p) in categorical], "lr": cfg.categorical_lr,
                        "name": CATEGORICAL})
+    if identity:
+        groups.append({"params": [p for p in trainable if id(p) in identity], "lr": cfg.lr, "name": IDENTITY,
+                       "weight_decay": cfg.identity_weight_decay})
     # on a GPU the fused kernel updates every parameter in a few launches instead of several
     # per parameter tensor (~80 tensors in the default model)
     fused = bool(trainable) and all(p.is_cuda for p in trainable)
@@ -38,7 +47,9 @@ def make_optimizer(model, cfg) -> torch.optim.AdamW:
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """The current rate of every group, keyed as the metrics log them: lr, lr_categorical."""
-    return {("lr" if g.get("name", MAIN) == MAIN else f"lr_{g['name']}"): g["lr"] for g in optimizer.param_groups}
+    # the identity group runs at lr itself (only its decay differs): not logged twice
+    return {("lr" if g.get("name", MAIN) == MAIN else f"lr_{g['name']}"): g["lr"] for g in optimizer.param_groups
+            if g.get("name") != IDENTITY}
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_frac: float):

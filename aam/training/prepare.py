@@ -39,6 +39,10 @@ def load_static(cfg: RunConfig) -> tuple[StaticData, pa.Table]:
     targets = resolve_targets(cfg, dataset)
     cfg.check_dataset(targets, list(dataset.categoricals), where="config")
     splits = {name: dataset.split(name) for name in ("train", "val", "test")}
+    group_by = (dataset.manifest.get("split") or {}).get("group_by")
+    if cfg.folds > 1 and group_by and "group" not in dataset.samples.column_names:
+        raise AamUserError(f"folds={cfg.folds}: {dataset.path} was split by '{group_by}' but does not record each "
+                           f"sample's group (converted by an older aam); convert it again with --group-by {group_by}")
     if splits["train"].num_rows < 2:
         raise AamUserError(f"{dataset.path}: the train split has {splits['train'].num_rows} samples; need at least 2")
     train_rows = splits["train"]
@@ -59,7 +63,7 @@ def load_static(cfg: RunConfig) -> tuple[StaticData, pa.Table]:
         unifrac=None if dataset.unifrac is None else np.asarray(dataset.unifrac, dtype=np.float32),
         transform=transform,
         eval_rows={"val": splits["val"], "test": splits["test"]},
-        calibration_rows=_calibration_rows(train_rows, cfg.seed),
+        calibration_rows=calibration_rows(train_rows, cfg.seed),
         sample_lists={k: v.column("sample_id").to_pylist() for k, v in splits.items()},
         n_train=train_rows.num_rows,
         dataset_path=str(dataset.path),
@@ -137,7 +141,7 @@ def refit_transform(cfg: RunConfig, static: StaticData, train_rows: pa.Table) ->
 CALIBRATION_SAMPLES = 256
 
 
-def _calibration_rows(train_rows: pa.Table, seed: int) -> pa.Table:
+def calibration_rows(train_rows: pa.Table, seed: int) -> pa.Table:
     """A fixed random subset of the training rows for BatchNorm recalibration (see loop)."""
     n = min(CALIBRATION_SAMPLES, train_rows.num_rows)
     pick = np.sort(np.random.default_rng(seed).choice(train_rows.num_rows, size=n, replace=False))
