@@ -1,4 +1,5 @@
-"""The parts of the search-space compiler that read and check YAML (private to `space.py`).
+"""The parts of the search-space compiler that read and check YAML (private to aam.search: `space.py`
+compiles with them, and the report encodes a trial's choices as the sampler did, with `encode_choice`).
 
 Everything here raises `AamUserError` with one line: `<file>: <key>: <what is wrong>`.
 Field names, types, choices, bounds and defaults, and the words for what is wrong with a field's
