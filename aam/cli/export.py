@@ -11,7 +11,9 @@ from aam.cli._app import app
 from aam.errors import AamUserError
 
 EXPORTED = ("model.pt", "model.pt.sha256", "config.json", "val_predictions.tsv", "test_predictions.tsv", "metrics.json",
-            "pred_vs_actual.png", "samples")
+            "pred_vs_actual.png", "samples", "ensemble.json", "folds")
+# what a cross-validated trial's fold folders pass on: each fold's model, not its training state
+FOLD_EXPORTED = tuple(name for name in EXPORTED if name not in ("ensemble.json", "folds"))
 
 
 @app.command()
@@ -29,19 +31,28 @@ def export(
     if checkpoint is None:
         raise AamUserError(f"{chosen.path}: this trial kept no checkpoint with a model; pick another trial")
     _refuse_links(checkpoint)
+    folds = sorted(p for p in (checkpoint / "folds").glob("*") if p.is_dir())  # a cross-validated trial
     # the bytes checked are the bytes written: a model swapped in after the check is not passed on
-    model, _ = read_verified(checkpoint / "model.pt")
+    models = {folder: read_verified(folder / "model.pt")[0] for folder in (folds or [checkpoint])}
     with staged_folder(out) as tmp:
         mark_output(tmp, "run")
-        for name in EXPORTED:
-            src = checkpoint / name
-            if name == "model.pt":
-                (tmp / name).write_bytes(model)
-            elif src.is_dir():
-                shutil.copytree(src, tmp / name)
-            elif src.is_file():
-                shutil.copy2(src, tmp / name)
+        _copy_run_files(checkpoint, tmp, models, [n for n in EXPORTED if n != "folds"])
+        for folder in folds:
+            (tmp / "folds" / folder.name).mkdir(parents=True)
+            _copy_run_files(folder, tmp / "folds" / folder.name, models, FOLD_EXPORTED)
     print(f"exported {chosen.path.name}: {_which_model(checkpoint, chosen.best_epoch)}, to {out}")
+
+
+def _copy_run_files(source: Path, dest: Path, models: dict[Path, bytes], names) -> None:
+    for name in names:
+        src = source / name
+        if name == "model.pt":
+            if source in models:
+                (dest / name).write_bytes(models[source])
+        elif src.is_dir():
+            shutil.copytree(src, dest / name)
+        elif src.is_file():
+            shutil.copy2(src, dest / name)
 
 
 def _refuse_links(checkpoint: Path) -> None:

@@ -26,6 +26,7 @@ import pandas as pd
 from aam._ray_internals import experiment_states, trial_records
 from aam.search.space import SearchSpace, when_holds
 from aam.errors import AamUserError
+from aam.training.ensemble import holds_model
 
 SPACE_FILE = "aam-space.yaml"  # the resolved space `aam tune` writes beside Tune's own files
 FAILED_FILE = "aam-failed.json"
@@ -47,7 +48,8 @@ class Trial:
 
 
     def checkpoint(self) -> Path | None:
-        """The newest kept checkpoint: its model.pt holds the trial's best weights so far.
+        """The newest kept checkpoint: its model.pt (a cross-validated trial's: its ensemble of fold
+        models) holds the trial's best weights so far.
 
         A one-worker trial keeps its checkpoints in its own folder. A multi-worker trial nests a
         TorchTrainer whose checkpoints stay in Ray Train's run (STORAGE/_train_runs/NAME-TRIAL);
@@ -55,7 +57,7 @@ class Trial:
         for an experiment moved since, at the same place below this experiment's storage.
         """
         folders = sorted(self.path.glob("checkpoint_*"))
-        folders = [f for f in folders if (f / "model.pt").is_file()]
+        folders = [f for f in folders if holds_model(f)]
         if folders:
             return folders[-1]
         for result in reversed(self.history):
@@ -64,7 +66,7 @@ class Trial:
                 continue
             moved = self.path.parent.parent / NESTED_RUNS_DIR / written.parent.name / written.name
             for folder in (written, moved):
-                if (folder / "model.pt").is_file():
+                if holds_model(folder):
                     return folder
         return None
 

@@ -49,6 +49,13 @@ class Selection:
     val_curve: list[float]  # val MAE after each addition
 
 
+def holds_model(folder: str | Path) -> bool:
+    """Whether `folder` is something `aam predict --model` takes: a run's model.pt, or an ensemble
+    (`aam ensemble`, or a cross-validated run's fold models)."""
+    folder = Path(folder)
+    return (folder / "model.pt").is_file() or (folder / ENSEMBLE_FILE).is_file()
+
+
 def mean_mae(actual: np.ndarray, predicted: np.ndarray) -> float:
     """MAE averaged over targets, each over the samples that have it (as val_mae is)."""
     scores = []
