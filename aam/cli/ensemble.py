@@ -75,7 +75,7 @@ def ensemble(
         if experiment is None:
             raise AamUserError("--out: give the ensemble folder to write (needed unless the source is an experiment)")
         out = experiment / "ensembles" / (f"top{top}" + ("-rf" if with_baseline else ""))
-    if out.exists() and not out.is_symlink():
+    if out.is_dir() and not out.is_symlink() and any(out.iterdir()):
         raise AamUserError(f"--out {out}: already exists; choose a new folder (an ensemble is never overwritten)")
     inputs = {**{f"SOURCE {s}": s for s in sources}, "--with-baseline": with_baseline, "--data": data}
     check_output_folder(out, "ensemble", False, inputs,

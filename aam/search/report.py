@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from aam.search.experiment import Experiment, Trial, load_experiment_space, read_experiment
+from aam._files import check_output_file, write_output_file
 from aam.errors import AamUserError
+from aam.search.experiment import Experiment, Trial, load_experiment_space, read_experiment
+from aam.training.artifacts import plain_text_plots
 
 REPORT_FILE = "report.html"
 SECTIONS = {
@@ -50,17 +52,15 @@ def write_report(experiment_path: str | Path, out: str | Path | None = None,
         raise AamUserError(f"{experiment.path}: no trials yet; run `aam tune` first")
     forest = _read_forest(baseline) if baseline is not None else None
     out = Path(out) if out is not None else experiment.path / REPORT_FILE
-    page = render(experiment, forest)
-    staged = out.with_name(f".{out.name}.partial")
-    staged.write_text(page, encoding="utf-8")
-    staged.replace(out)
+    # the experiment is this command's input: the one place in it the report may go is its own
+    check_output_file(out, "report", {"EXPERIMENT": experiment.path, "--baseline": baseline},
+                      allowed=(experiment.path / REPORT_FILE,))
+    write_output_file(out, "report", render(experiment, forest))
     return out
 
 
 def render(experiment: Experiment, forest: tuple[Path, dict] | None = None) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    plain_text_plots()
     scored = [t for t in experiment.trials if not math.isnan(t.best)]
     study = _optuna_study(experiment, scored)
     parts = [f"<h1>{_e(experiment.path.name)}</h1>",
