@@ -76,6 +76,8 @@ def train_one(job: dict) -> dict:
         "label": job["label"], "variant": job["variant"], "seed": cfg.seed, "wall_s": round(wall, 1),
         "best_epoch": best["best_epoch"], "val_mae": best["best_val_score"],
         "test_mae": final.get("test_mae"), "test_r2": final.get("test_r2"), "run": job.get("keep"),
+        # the val curve, to read where early stopping (patience) would have stopped this run
+        "val_curve": [m.get("val_mae") for m in session.reports], "epochs_run": len(session.reports),
     }
 
 

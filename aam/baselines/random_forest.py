@@ -29,6 +29,7 @@ KIND = "random_forest"
 BASELINE_FILE = "baseline.json"
 METRICS_FILE = "metrics.json"
 EVAL_SPLITS = ("val", "test")
+OOF_FILE = "oof_predictions.tsv"  # with --folds: every train and val sample, predicted out of fold
 
 
 @dataclass
@@ -49,6 +50,7 @@ def run_random_forest(
     max_features: str | int | float | None = None,
     train_on_val: bool = False,
     force: bool = False,
+    folds: int = 1,
 ) -> BaselineResult:
     """Fit one RandomForestRegressor per target on the train split; score and write val and test.
 
@@ -60,6 +62,9 @@ def run_random_forest(
 
     out = Path(out)
     _check_args(n_estimators, n_jobs)
+    if folds < 1 or (folds > 1 and train_on_val):
+        raise AamUserError(f"--folds {folds}: use 1 (no cross-validation) or more, without --train-on-val (the "
+                           "folds are of train+val already)")
     max_features = parse_max_features(max_features)
     _check_out(out, force, data)
     dataset = Dataset.open(data)
@@ -99,7 +104,13 @@ def run_random_forest(
         "sklearn_version": _sklearn_version(),
     }
     sample_ids = {split: rows.column("sample_id").to_pylist() for split, rows in eval_rows.items()}
-    _write(out, force, names, sample_ids, actual, predicted, metrics, info)
+    oof = None
+    if folds > 1:
+        oof, oof_metrics, oof_seconds = _out_of_fold(pa.concat_tables([train_rows, eval_rows["val"]]), names, n_asvs,
+                                                     folds, seed, forest, dataset.path)
+        metrics.update(oof_metrics)
+        info.update({"folds": folds, "oof_fit_seconds": round(oof_seconds, 3)})
+    _write(out, force, names, sample_ids, actual, predicted, metrics, info, oof)
     return BaselineResult(out=out, targets=names, metrics=metrics, info=info)
 
 
@@ -194,6 +205,30 @@ def _fit_and_predict(x_train, y_train, x_eval: dict, names, forest: dict, where)
     return predicted, n_train, fit_seconds, max_features
 
 
+def _out_of_fold(rows: pa.Table, names: list[str], n_asvs: int, folds: int, seed: int, forest: dict, where):
+    """Every train and val row predicted by a forest that never saw it (K forests, one per fold of
+    `aam.training.folds`, grouped as the models' folds are), so `aam ensemble` can weigh the forest
+    against cross-validated models on the same out-of-fold footing. Returns (a predictions frame,
+    oof_ metrics, seconds fitting)."""
+    from aam.data.collate import raw_targets
+    from aam.training import artifacts
+    from aam.training.folds import fold_assignments
+    from aam.training.metrics import regression_metrics
+
+    fold = fold_assignments(rows, folds, seed)
+    x, y = relative_abundances(rows, n_asvs), raw_targets(rows, names)
+    predicted = np.full(y.shape, np.nan)
+    seconds = 0.0
+    for k in range(folds):
+        held = fold == k
+        fitted = _fit_and_predict(x[~held], y[~held], {"held": x[held]}, names, forest, where)
+        predicted[held] = fitted[0]["held"]
+        seconds += fitted[2]
+    metrics = {f"oof_{key}": None if math.isnan(v) else v for key, v in regression_metrics(y, predicted, names).items()}
+    frame = artifacts.predictions_frame(rows.column("sample_id").to_pylist(), names, predicted, y, None)
+    return frame, metrics, seconds
+
+
 def _split_metrics(actual: dict, predicted: dict, names: list[str]) -> dict:
     """val_mae, val_<t>/mae, test_r2, ... as a model run names them; None where undefined (NaN)."""
     from aam.training.metrics import regression_metrics
@@ -215,7 +250,7 @@ def _check_out(out: Path, force: bool, data=None) -> None:
     check_output_folder(out, "baseline", force, {"--data": data})
 
 
-def _write(out, force, names, sample_ids, actual, predicted, metrics, info) -> None:
+def _write(out, force, names, sample_ids, actual, predicted, metrics, info, oof=None) -> None:
     """Write into a hidden sibling folder, then rename: a failure leaves nothing at `out`."""
     from aam.training import artifacts
 
@@ -225,6 +260,8 @@ def _write(out, force, names, sample_ids, actual, predicted, metrics, info) -> N
         for split in EVAL_SPLITS:
             frame = artifacts.predictions_frame(sample_ids[split], names, predicted[split], actual[split], None)
             artifacts.write_tsv(frame, tmp / f"{split}_predictions.tsv")
+        if oof is not None:
+            artifacts.write_tsv(oof, tmp / OOF_FILE)
         fig = artifacts.predicted_vs_actual_figure(names, actual["test"], predicted["test"], "test, random forest")
         fig.savefig(tmp / "pred_vs_actual.png", dpi=100)
         _close(fig)

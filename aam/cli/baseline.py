@@ -26,13 +26,17 @@ def random_forest(
     n_jobs: Annotated[int, typer.Option("--n-jobs", help="CPU cores to grow trees on (-1: all).")] = 1,
     train_on_val: Annotated[bool, typer.Option("--train-on-val", help="Fit on train+val (val scores are then in-sample).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an --out folder that aam wrote as a baseline.")] = False,
+    folds: Annotated[int, typer.Option("--folds", min=1, max=20, help="Also predict every train and val sample out "
+                                       "of fold (K more forests), for `aam ensemble --with-baseline` over "
+                                       "cross-validated runs.")] = 1,
 ):
     """Random Forest on relative abundances: one forest per target, fitted on the train split."""
     from aam.baselines import run_random_forest
 
     names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
     result = run_random_forest(data, out, targets=names, n_estimators=n_estimators, seed=seed, n_jobs=n_jobs,
-                               max_features=max_features, train_on_val=train_on_val, force=force)
+                               max_features=max_features, train_on_val=train_on_val, force=force,
+                               folds=folds)
     _print_summary(result)
 
 
@@ -45,6 +49,9 @@ def _print_summary(result) -> None:
         scores = "  ".join(f"{split} MAE {_fmt(result.metrics[f'{split}_{name}/mae'])} "
                            f"R² {_fmt(result.metrics[f'{split}_{name}/r2'])}" for split in ("val", "test"))
         print(f"{name}: {scores}")
+    if info.get("folds"):
+        oof = "  ".join(f"{name} {_fmt(result.metrics[f'oof_{name}/mae'])}" for name in result.targets)
+        print(f"out of {info['folds']} folds (train+val), MAE: {oof}")
     if info["train_on_val"]:
         print("note: val was part of the fit, so its scores are in-sample")
     print(f"baseline folder: {result.out}")

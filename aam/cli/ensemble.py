@@ -14,6 +14,7 @@ from aam.errors import AamUserError
 def _candidates(sources: list[Path], top: int) -> tuple[list[tuple[str, Path]], Path | None]:
     """(name, folder holding model.pt) per candidate, and the experiment folder when one was given."""
     from aam.search import SPACE_FILE, read_experiment
+    from aam.training.ensemble import holds_model
 
     if len(sources) == 1 and (sources[0] / SPACE_FILE).is_file():
         experiment = read_experiment(sources[0])
@@ -23,10 +24,10 @@ def _candidates(sources: list[Path], top: int) -> tuple[list[tuple[str, Path]], 
         return [(t.path.name, t.checkpoint()) for t in ranked[:top]], sources[0]
     found = []
     for source in sources:
-        if (source / "model.pt").is_file():
+        if holds_model(source):
             found.append((source.name, source))
-        elif source.is_dir() and sorted(source.glob("*/model.pt")):  # `aam train --seeds K` writes OUT/seed_K
-            found.extend((f"{source.name}/{p.parent.name}", p.parent) for p in sorted(source.glob("*/model.pt")))
+        elif source.is_dir() and (runs := [p for p in sorted(source.glob("*")) if holds_model(p)]):
+            found.extend((f"{source.name}/{p.name}", p) for p in runs)  # `aam train --seeds K` writes OUT/seed_K
         else:
             raise AamUserError(f"{source}: neither an experiment folder (STORAGE/NAME), a run folder with a "
                                "model.pt, nor a folder of run folders (`aam train --seeds K --out OUT`)")
@@ -68,7 +69,8 @@ def ensemble(
     from aam.data.dataset import Dataset
     from aam.training.checkpoint import load_model
     from aam.training.predict import table_batch_spec
-    from aam.training.ensemble import forest_member, greedy_select, model_member, write_ensemble
+    from aam.training.ensemble import (cross_validated, ensemble_out_of_fold, forest_member, greedy_select,
+                                       model_member, write_ensemble)
 
     candidates, experiment = _candidates(list(sources), top)
     if out is None:
@@ -80,6 +82,9 @@ def ensemble(
     inputs = {**{f"SOURCE {s}": s for s in sources}, "--with-baseline": with_baseline, "--data": data}
     check_output_folder(out, "ensemble", False, inputs,
                         allowed=() if experiment is None else (experiment / "ensembles",))
+    if any(cross_validated(folder) for _, folder in candidates):  # `--folds K` runs: selected out of fold
+        metrics, members, selection = ensemble_out_of_fold(out, candidates, with_baseline, rounds, data)
+        return _report(out, members, selection, metrics)
     bundles = [load_model(folder) for _, folder in candidates]
     targets = bundles[0].targets
     if not targets or any(b.targets != targets for b in bundles):
@@ -101,8 +106,14 @@ def ensemble(
     selection = greedy_select([m.val for m in members], actual["val"], rounds)
     with staged_folder(out) as tmp:
         metrics = write_ensemble(tmp, members, selection, targets, sample_ids, actual, str(dataset.path), rounds)
+    _report(out, members, selection, metrics)
+
+
+def _report(out: Path, members, selection, metrics: dict) -> None:
     picked = ", ".join(f"{m.name} {w:.2f}" for m, w in zip(members, selection.weights) if w > 0)
     label = " (includes the Random Forest)" if metrics["includes_forest"] else ""
     print(f"ensemble{label}: {picked}")
-    print(f"val_mae {metrics['val_mae']:.4g}  test_mae {metrics['test_mae']:.4g}  test_r2 {metrics['test_r2']:.3g}")
+    scored = "out-of-fold MAE (every train and val sample)" if any(m.kind == "cross-validated" for m in members) \
+        else "val_mae"
+    print(f"{scored} {metrics['val_mae']:.4g}  test_mae {metrics['test_mae']:.4g}  test_r2 {metrics['test_r2']:.3g}")
     print(f"wrote {out}")

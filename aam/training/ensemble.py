@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from aam._files import checksum_file, mark_output, read_json
 from aam.errors import AamUserError
@@ -112,7 +113,8 @@ def forest_member(folder: Path, sample_ids: dict[str, list[str]], targets: list[
 
 
 def write_ensemble(out: Path, members: list[Member], selection: Selection, targets: list[str],
-                   sample_ids: dict[str, list[str]], actual: dict[str, np.ndarray], data: str, rounds: int) -> dict:
+                   sample_ids: dict[str, list[str]], actual: dict[str, np.ndarray], data: str, rounds: int,
+                   selected_on: str = "val_mae") -> dict:
     """Write the ensemble folder (see the module docstring); returns its metrics."""
     from aam.training import artifacts
     from aam.training.metrics import regression_metrics
@@ -133,6 +135,9 @@ def write_ensemble(out: Path, members: list[Member], selection: Selection, targe
     for k, (member, weight) in enumerate(chosen):
         entry = {"name": member.name, "kind": member.kind, "source": str(member.source), "weight": weight,
                  "val_mae": mean_mae(actual["val"], member.val)}
+        if member.kind == CROSS_VALIDATED:
+            listed.extend(_copy_cross_validated(member, weight, out / "members" / str(k), f"members/{k}"))
+            continue
         if member.kind == "model":
             dest = out / "members" / str(k)
             dest.mkdir(parents=True)
@@ -142,7 +147,7 @@ def write_ensemble(out: Path, members: list[Member], selection: Selection, targe
                     shutil.copy2(path, dest / path.name)
             entry["model"] = f"members/{k}/model.pt"
         listed.append(entry)
-    info = {"format": FORMAT, "targets": targets, "data": data, "selected_on": "val_mae", "rounds": rounds,
+    info = {"format": FORMAT, "targets": targets, "data": data, "selected_on": selected_on, "rounds": rounds,
             "val_curve": selection.val_curve, "candidates": [m.name for m in members],
             "includes_forest": includes_forest, "members": listed}
     metrics["includes_forest"] = includes_forest
@@ -236,3 +241,98 @@ def leaderboard_rows(folders: list[Path], metric: str) -> tuple[list[dict], list
 
 def _number(value) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+# --- bagging cross-validated runs: selection on out-of-fold predictions ---------------------
+CROSS_VALIDATED = "cross-validated"
+
+
+def cross_validated(folder: str | Path) -> bool:
+    """Whether `folder` is a cross-validated run (`folds: K`): an ensemble of its fold models."""
+    info = read_ensemble(folder)
+    return info is not None and bool(info.get("folds"))
+
+
+def _predictions(path: Path, ids: list[str], targets: list[str], fix: str) -> np.ndarray:
+    """The `<target>_predicted` columns of a predictions TSV, in the order of `ids`."""
+    if not path.is_file():
+        raise AamUserError(f"{path}: no such file; {fix}")
+    frame = read_predictions_tsv(path)
+    missing = [f"{t}_predicted" for t in targets if f"{t}_predicted" not in frame.columns]
+    absent = sorted(set(ids) - set(frame["sample_id"]))
+    if missing or absent:
+        what = f"no column {missing[0]}" if missing else f"no prediction for {len(absent)} samples (e.g. {absent[0]})"
+        raise AamUserError(f"{path}: {what}; {fix}")
+    return frame.drop_duplicates("sample_id").set_index("sample_id").loc[ids, [f"{t}_predicted" for t in targets]] \
+        .to_numpy(dtype=float)
+
+
+def read_predictions_tsv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, sep="\t", dtype={"sample_id": str})
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise AamUserError(f"{path}: not a predictions table ({str(e).splitlines()[0][:120]})") from None
+
+
+def out_of_fold_member(name: str, folder: Path, sample_ids: dict[str, list[str]], targets: list[str]) -> Member:
+    """A cross-validated run as a candidate: its out-of-fold predictions of every train and val
+    sample (selection reads these) and its folds' mean on test."""
+    fix = "train it again with `aam train --folds K`"
+    return Member(name, CROSS_VALIDATED, folder, _predictions(folder / "val_predictions.tsv", sample_ids["val"], targets,
+                                                              fix),
+                  _predictions(folder / "test_predictions.tsv", sample_ids["test"], targets, fix))
+
+
+def out_of_fold_forest(folder: Path, sample_ids: dict[str, list[str]], targets: list[str]) -> Member:
+    """The forest's out-of-fold predictions (`aam baseline rf --folds K`) and its test predictions."""
+    fix = "fit the forest with `aam baseline rf --data DATASET --folds K` on the members' dataset"
+    return Member("baseline:rf", FOREST, folder, _predictions(folder / "oof_predictions.tsv", sample_ids["val"],
+                                                              targets, fix),
+                  _predictions(folder / "test_predictions.tsv", sample_ids["test"], targets, fix))
+
+
+def ensemble_out_of_fold(out: Path, candidates: list[tuple[str, Path]], with_baseline: Path | None, rounds: int,
+                         data: Path | None) -> tuple[dict, list[Member], Selection]:
+    """Greedy selection over cross-validated runs (and the forest's out-of-fold predictions),
+    on every train and val sample out of fold rather than on the val split alone; written as
+    `write_ensemble` writes, each run's fold models copied in with its weight shared among them."""
+    from aam._files import staged_folder
+    from aam.data.collate import raw_targets
+    from aam.data.dataset import Dataset
+
+    infos = [read_ensemble(folder) for _, folder in candidates]
+    plain = [name for (name, _), info in zip(candidates, infos) if not (info and info.get("folds"))]
+    if plain:
+        raise AamUserError(f"ensemble: {plain[0]} is not cross-validated while others are; give only runs trained "
+                           "with --folds K (selected out of fold) or only runs without (selected on val)")
+    targets = infos[0]["targets"]
+    if any(info["targets"] != targets for info in infos):
+        raise AamUserError("ensemble: every member must predict the same targets")
+    dataset = Dataset.open(data or infos[0].get("data"))
+    non_test = pa.concat_tables([dataset.split("train"), dataset.split("val")], promote_options="default")
+    rows = {"val": non_test, "test": dataset.split("test")}
+    sample_ids = {split: r.column("sample_id").to_pylist() for split, r in rows.items()}
+    actual = {split: raw_targets(r, targets) for split, r in rows.items()}
+    members = [out_of_fold_member(name, folder, sample_ids, targets) for name, folder in candidates]
+    if with_baseline is not None:
+        members.append(out_of_fold_forest(with_baseline, sample_ids, targets))
+    selection = greedy_select([m.val for m in members], actual["val"], rounds)
+    with staged_folder(out) as tmp:
+        metrics = write_ensemble(tmp, members, selection, targets, sample_ids, actual, str(dataset.path), rounds,
+                                 selected_on="out-of-fold")
+    return metrics, members, selection
+
+
+def _copy_cross_validated(member: Member, weight: float, dest: Path, prefix: str) -> list[dict]:
+    """A cross-validated member's fold models, copied under `dest`, each listed with its share of `weight`."""
+    info = read_ensemble(member.source)
+    entries = []
+    for j, fold in enumerate(info["members"]):
+        source = Path(member.source) / fold["model"]
+        (dest / str(j)).mkdir(parents=True)
+        for path in (source, checksum_file(source)):
+            if path.is_file():
+                shutil.copy2(path, dest / str(j) / path.name)
+        entries.append({"name": f"{member.name}/{fold['name']}", "kind": "model", "source": str(source.parent),
+                        "weight": weight * fold["weight"], "model": f"{prefix}/{j}/model.pt"})
+    return entries
