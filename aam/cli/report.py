@@ -16,6 +16,10 @@ def report(
 ):
     """Leaderboard, best score against trials, parameter importances, parallel coordinates,
     validation curves and predicted-vs-actual of an experiment, in one self-contained HTML file."""
-    from aam.search import write_report
+    import sys
 
+    from aam.search import read_experiment, write_report
+
+    for line in read_experiment(experiment).damaged:  # the report lists every trial that can be read
+        print(f"aam: skipped what could not be read: {line}", file=sys.stderr)
     print(f"report: {write_report(experiment, out, baseline)}")

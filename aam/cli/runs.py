@@ -16,6 +16,8 @@ FORMATS = ("table", "tsv", "json")
 def print_leaderboard(experiment, fmt: str, baselines: tuple[Path, ...] = ()) -> None:
     from aam.baselines import with_baselines
 
+    for line in experiment.damaged:
+        print(f"aam: skipped what could not be read: {line}", file=sys.stderr)
     board = experiment.leaderboard()
     trials_data = next((t.config["data"] for t in experiment.trials if t.config.get("data")), None)
     with_rf, notes = with_baselines(board, list(baselines), experiment.metric, trials_data)

@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from aam._ray_internals import experiment_states, trial_records
+from aam.search._space_validate import load_yaml
 from aam.search.space import SearchSpace, when_holds
 from aam.errors import AamUserError
 from aam.training.ensemble import holds_model
@@ -78,6 +79,7 @@ class Experiment:
     mode: str
     search: dict  # the space file's `search:` section, as written
     trials: list[Trial]
+    damaged: list[str] = field(default_factory=list)  # one line per file that could not be read
 
     @property
     def searched(self) -> list[str]:
@@ -142,34 +144,49 @@ class Experiment:
 
 def load_experiment_space(experiment: Path) -> SearchSpace:
     """The space an experiment was started with (for --resume and reading results)."""
-    import yaml
-
     file = Path(experiment) / SPACE_FILE
-    if not file.is_file():
-        raise AamUserError(f"{experiment}: not an aam experiment folder (no {SPACE_FILE}); pass STORAGE/NAME")
-    raw = yaml.safe_load(file.read_text())
+    raw = read_space_file(Path(experiment))
     return SearchSpace.from_dict(raw, where=str(file), stem=raw.get("name") or Path(experiment).name)
 
 
-def read_experiment(path: str | Path) -> Experiment:
-    import yaml
+def read_space_file(experiment: Path) -> dict:
+    """The experiment's aam-space.yaml, read with the protected loader (a received folder's file
+    may be an alias bomb) and checked for what reading results needs: one line naming it if not."""
+    file = experiment / SPACE_FILE
+    if not file.is_file():
+        raise AamUserError(f"{experiment}: not an aam experiment folder (no {SPACE_FILE}); pass STORAGE/NAME from "
+                           "`aam tune`")
+    raw = load_yaml(file)
+    objective = raw.get("objective") if isinstance(raw, dict) else None
+    if not isinstance(objective, dict) or not isinstance(objective.get("metric"), str) \
+            or objective.get("mode") not in ("min", "max"):
+        raise AamUserError(f"{file}: has no objective (a metric and a mode, min or max); it is not the file `aam tune` "
+                           "wrote (was it emptied or edited?), so this experiment's trials cannot be ranked")
+    if not isinstance(raw.get("search") or {}, dict) or not isinstance(raw.get("fixed") or {}, dict):
+        raise AamUserError(f"{file}: its search: and fixed: must be mappings, as `aam tune` wrote them")
+    return raw
 
+
+def read_experiment(path: str | Path) -> Experiment:
+    """Every trial that can be read; each file that cannot is one line in `Experiment.damaged`
+    (a damaged trial is listed with what was readable, never fails the whole experiment)."""
     path = Path(path)
-    space_file = path / SPACE_FILE
-    if not space_file.is_file():
-        raise AamUserError(f"{path}: not an aam experiment folder (no {SPACE_FILE}); pass STORAGE/NAME from `aam tune`")
-    space = yaml.safe_load(space_file.read_text())
+    space = read_space_file(path)
     metric, mode = space["objective"]["metric"], space["objective"]["mode"]
+    damaged: list[str] = []
     states = _trial_states(path) or {}
     trials = []
     for trial_dir in _trial_dirs(path):
         trial_id = trial_dir.name.removeprefix("trial_")
-        history = _history(trial_dir / "result.json")
-        config = _config(trial_dir)
+        history = _history(trial_dir / "result.json", damaged)
+        config = _config(trial_dir, damaged)
         status = "failed" if (trial_dir / FAILED_FILE).is_file() else _status(states.get(trial_id), history, config, space)
         trial = Trial(trial_id, trial_dir, status, config, history, epochs_done=len(history),
                       error=error_line(trial_dir) if status == "failed" else "")
-        scores = [(h[metric], h.get("training_iteration", i + 1)) for i, h in enumerate(history) if metric in h]
+        scores = [(h[metric], h.get("training_iteration", i + 1)) for i, h in enumerate(history)
+                  if _is_number(h.get(metric))]
+        if len(scores) < sum(metric in h for h in history):
+            damaged.append(f"{trial_dir / 'result.json'}: a {metric} that is not a number was left out")
         if scores:
             pick = min if mode == "min" else max
             trial.best, trial.best_epoch = pick(scores, key=lambda s: s[0])
@@ -178,7 +195,11 @@ def read_experiment(path: str | Path) -> Experiment:
     for trial_id, state in states.items():
         if not any(t.trial_id == trial_id for t in trials):
             trials.append(Trial(trial_id, path / f"trial_{trial_id}", _status(state, [], {}, space), {}))
-    return Experiment(path, metric, mode, space.get("search") or {}, trials)
+    return Experiment(path, metric, mode, space.get("search") or {}, trials, damaged)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def resolve_trial(spec: str | Path) -> Trial:
@@ -265,7 +286,7 @@ def _newest_state(path: Path) -> tuple[Path | None, dict | None]:
         return None, None
     try:
         return files[-1], json.loads(files[-1].read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return files[-1], None
 
 
@@ -277,26 +298,52 @@ def _trial_states(path: Path) -> dict[str, dict] | None:
     return trial_records(data, file)
 
 
-def _history(result_file: Path) -> list[dict]:
-    if not result_file.is_file():
+def _history(result_file: Path, damaged: list[str] | None = None) -> list[dict]:
+    """The epochs of result.json that read as JSON objects; a line cut short by a killed driver is
+    skipped silently (that is expected), anything else is named in `damaged`."""
+    try:
+        text = result_file.read_text()
+    except FileNotFoundError:
         return []
-    rows = []
-    for line in result_file.read_text().splitlines():
+    except (OSError, UnicodeDecodeError) as e:
+        _note(damaged, f"{result_file}: not readable ({type(e).__name__}); its trial is listed without scores")
+        return []
+    rows, odd = [], 0
+    for line in text.splitlines():
         line = line.strip()
         if line:
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a killed driver
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):  # a line cut short by a killed driver
                 continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                odd += 1
+    if odd:
+        _note(damaged, f"{result_file}: {odd} line(s) that are not a JSON object were left out")
     return rows
 
 
-def _config(trial_dir: Path) -> dict:
+def _config(trial_dir: Path, damaged: list[str] | None = None) -> dict:
     for name in ("config.json", "params.json"):
         file = trial_dir / name
         if file.is_file():
-            return json.loads(file.read_text())
+            try:
+                config = json.loads(file.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+                _note(damaged, f"{file}: not readable JSON ({type(e).__name__}); its trial is listed without a config")
+                return {}
+            if not isinstance(config, dict):
+                _note(damaged, f"{file}: not a JSON object; its trial is listed without a config")
+                return {}
+            return config
     return {}
+
+
+def _note(damaged: list[str] | None, line: str) -> None:
+    if damaged is not None:
+        damaged.append(line)
 
 
 def _status(state: dict | None, history: list[dict], config: dict, space: dict) -> str:
@@ -305,7 +352,8 @@ def _status(state: dict | None, history: list[dict], config: dict, space: dict) 
         return "failed"
     if tune_status in ("RUNNING", "PENDING", "PAUSED"):
         return tune_status.lower()
-    epochs = config.get("epochs") or space.get("fixed", {}).get("epochs")
+    epochs = config.get("epochs") or (space.get("fixed") or {}).get("epochs")
+    epochs = epochs if _is_number(epochs) else None  # an edited config: its status cannot say "stopped early"
     done = len(history)
     if tune_status == "TERMINATED" or (state is None and done):
         return "finished" if epochs is None or done >= int(epochs) else "stopped early"

@@ -67,6 +67,9 @@ def render(experiment: Experiment, forest: tuple[Path, dict] | None = None) -> s
              f"<p>{_e(str(experiment.path))}: {len(experiment.trials)} trials, ranked by "
              f"{_e(experiment.metric)} ({_e(experiment.mode)}). Each trial's score is its best epoch's; "
              "a trial stopped early scored fewer epochs.</p>"]
+    if experiment.damaged:
+        parts.append("<p class=\"note\">Left out, as they could not be read: "
+                     + "; ".join(_e(line) for line in experiment.damaged) + "</p>")
     parts.append(_section("leaderboard", _leaderboard(experiment)))
     parts.append(_section("best-by-trial", _figure(_best_by_trial(experiment, scored))))
     parts.append(_section("importances", _importances(study)))
