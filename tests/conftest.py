@@ -52,6 +52,26 @@ def runs_code():
 
 
 @pytest.fixture
+def aam_main(monkeypatch, capsys):
+    """`aam ARGS` through the real entry point (aam.cli.main): (exit code, stdout, stderr)."""
+    import sys
+
+    from aam.cli import main
+
+    def call(*args):
+        monkeypatch.setattr(sys, "argv", ["aam", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code
+        captured = capsys.readouterr()
+        return code or 0, captured.out, captured.err
+
+    return call
+
+
+@pytest.fixture
 def folder_hash():
     """Every file's path and bytes below a folder, hashed: equal before and after means nothing was touched."""
     return _folder_hash

@@ -4,14 +4,12 @@ forest, the real command."""
 
 import json
 import shutil
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from aam.baselines import run_random_forest
-from aam.cli import main
 from aam.config import RunConfig
 from aam.training.ensemble import mean_mae
 from aam.training.loop import fit
@@ -36,24 +34,13 @@ def runs(example_dataset, tmp_path_factory):
     return root, forest
 
 
-class Result:
-    def __init__(self, code, out, err):
-        self.exit_code, self.output = code or 0, out + err
-
-
 @pytest.fixture
-def ensemble(monkeypatch, capsys):
-    """`aam ensemble ARGS` through the real entry point (aam.cli.main): exit code and output."""
+def ensemble(aam_main):
+    """`aam ensemble ARGS`: (exit code, stdout + stderr)."""
 
     def call(*args):
-        monkeypatch.setattr(sys, "argv", ["aam", "ensemble", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as e:
-            code = e.code
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
+        code, out, err = aam_main("ensemble", *args)
+        return code, out + err
 
     return call
 
@@ -70,9 +57,9 @@ def test_forest_folds_predict_every_train_and_val_sample_out_of_fold(runs, examp
 
 def test_ensemble_of_cross_validated_runs_selects_out_of_fold_and_predicts(runs, example_dataset, ensemble):
     root, _ = runs
-    result = ensemble(root / "runs", "--out", root / "bag")
-    assert result.exit_code == 0, result.output
-    assert "out-of-fold MAE" in result.output
+    code, output = ensemble(root / "runs", "--out", root / "bag")
+    assert code == 0, output
+    assert "out-of-fold MAE" in output
     info = json.loads((root / "bag" / "ensemble.json").read_text())
     assert info["selected_on"] == "out-of-fold" and not info["includes_forest"]
     assert sum(m["weight"] for m in info["members"]) == pytest.approx(1.0)
@@ -91,12 +78,12 @@ def test_ensemble_of_cross_validated_runs_selects_out_of_fold_and_predicts(runs,
 
 def test_the_forest_joins_out_of_fold_and_a_plain_run_does_not_mix_in(runs, example_dataset, tmp_path, ensemble):
     root, forest = runs
-    result = ensemble(root / "runs", "--out", root / "bag-rf", "--with-baseline", forest)
-    assert result.exit_code == 0, result.output
+    code, output = ensemble(root / "runs", "--out", root / "bag-rf", "--with-baseline", forest)
+    assert code == 0, output
     info = json.loads((root / "bag-rf" / "ensemble.json").read_text())
     assert info["includes_forest"] == any(m["kind"] == "random_forest" for m in info["members"])
     assert "baseline:rf" in info["candidates"]
     plain = run_random_forest(example_dataset, tmp_path / "rf-plain", n_estimators=5).out
-    refused = ensemble(root / "runs", "--out", tmp_path / "x", "--with-baseline", plain)
-    assert refused.exit_code == 2 and "oof_predictions.tsv" in refused.output and "--folds K" in refused.output
+    code, output = ensemble(root / "runs", "--out", tmp_path / "x", "--with-baseline", plain)
+    assert code == 2 and "oof_predictions.tsv" in output and "--folds K" in output
     assert not (tmp_path / "x").exists()
