@@ -218,7 +218,7 @@ def _fit_folds(cfg: RunConfig, static: StaticData, session: Session) -> dict:
             folder = workdir / FOLDS_DIR / str(k)
             folder.mkdir(parents=True)
             runs.append(_setup(fold_cfg, fold_static(fold_cfg, static, train, held_out),
-                               Session(train, cfg.seed, verbose=False), folder))
+                               Session(train, cfg.seed, verbose=False, device=session.device), folder))
         cfg.save(workdir / "config.json")
         history: list[dict] = []
         live = list(runs)

@@ -60,17 +60,19 @@ class Session:
     world_size = 1
     verbose = True  # print a line per epoch (a Tune trial leaves that to the driver)
 
-    def __init__(self, train_rows: pa.Table, seed: int, restore: dict | None = None, verbose: bool = True):
+    def __init__(self, train_rows: pa.Table, seed: int, restore: dict | None = None, verbose: bool = True,
+                 device: torch.device | None = None):
         self.train_rows = train_rows
         self.seed = seed
         self._restore = restore
         self.verbose = verbose
+        self._device = device  # a fold of a cross-validated run trains where its parent run does
         self.reports: list[dict] = []
         self.last_checkpoint: Path | None = None
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cpu")
+        return self._device if self._device is not None else torch.device("cpu")
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
