@@ -397,16 +397,117 @@ def load_torch(path: Path, what: str = "aam file") -> object:
     return loaded
 
 
+# --- one driver per experiment ------------------------------------------------------------
+@contextlib.contextmanager
+def driver_lock(folder: Path, what: str = "experiment"):
+    """Hold the lock of `folder` (a file beside it, `.NAME.aam-lock`) while the block runs, or
+    refuse in one line naming the process that holds it.
+
+    The lock is the kernel's (flock): it goes with the process however that ends, so a killed
+    driver never leaves it held. The file also names the holder (PID and host) for that message;
+    a name left by a dead process on this host is taken over with a note. One left by a process
+    on another host cannot be checked from here: it is refused, and says how to clear it."""
+    import fcntl
+    import socket
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = folder.parent / f".{folder.name}.aam-lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise AamUserError(f"{lock}: cannot open the lock of {what} {folder} ({e.strerror}); is it a link, or a "
+                           "folder you cannot write to?") from None
+    try:
+        host = socket.gethostname()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AamUserError(f"{folder}: this {what} is being run by {_holder(fd) or 'another process'}; one "
+                               "driver per experiment: wait for it to end, or stop it first") from None
+        held = _holder_record(fd)
+        if held and held.get("host") != host:
+            raise AamUserError(f"{folder}: this {what} is being run by {_holder(fd)}, which cannot be checked from "
+                               f"{host}; if that process has ended, delete {lock} and try again")
+        if held and held.get("pid") != os.getpid():
+            print(f"note: {lock}: took over from process {held.get('pid')}, which no longer holds it (it was "
+                  "killed or ended before it could let go)", file=sys.stderr, flush=True)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": host}).encode(), 0)
+        try:
+            yield lock
+        finally:
+            os.ftruncate(fd, 0)  # ended cleanly: the next driver has nothing to take over
+    finally:
+        os.close(fd)  # lets the flock go
+
+
+def _holder_record(fd: int) -> dict | None:
+    try:
+        record = json.loads(os.pread(fd, 4096, 0) or b"null")
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _holder(fd: int) -> str:
+    record = _holder_record(fd)
+    return f"process {record.get('pid')} on {record.get('host')}" if record else ""
+
+
 # --- work folders: removed when the process ends, however it ends --------------------------
 _WORK_FOLDERS: set[str] = set()
+_WORK_PREFIXES = ("aam-run-", "aam-ckpt-")
 
 
 def work_folder(prefix: str) -> Path:
     """A folder in the system temp directory, removed by `remove_work_folder` or at process exit
-    (normal, exception, or SIGTERM via `exit_on_sigterm`)."""
-    path = tempfile.mkdtemp(prefix=prefix)
+    (normal, exception, or SIGTERM via `exit_on_sigterm`). Its name carries this process's id, so
+    the folder of a process that was killed (SIGKILL runs no exit handler) is removed by the next
+    one that makes a work folder (`remove_stale_work_folders`)."""
+    remove_stale_work_folders()
+    path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
     _WORK_FOLDERS.add(path)
     return Path(path)
+
+
+def remove_stale_work_folders(root: str | Path | None = None) -> list[Path]:
+    """Remove this user's aam work folders (aam-run-PID-*, aam-ckpt-PID-*) whose process no longer
+    runs; return them. Only folders named so, owned by this user, in the temp directory: nothing
+    else is touched, and a folder of a live process is left alone."""
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        prefix = next((p for p in _WORK_PREFIXES if entry.name.startswith(p)), None)
+        pid = entry.name[len(prefix):].split("-", 1)[0] if prefix else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if not process_alive(int(pid)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
 
 
 def remove_work_folder(path: Path) -> None:

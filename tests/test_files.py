@@ -186,3 +186,73 @@ def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from aam._files import driver_lock
+with driver_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process holding `folder`'s lock, as a running `aam tune` driver does."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_one_driver_per_folder_and_a_killed_drivers_lock_is_taken_over(tmp_path, capsys):
+    import socket
+
+    from aam._files import driver_lock
+
+    experiment = tmp_path / "storage" / "w"
+    holder = hold_lock(experiment)
+    try:
+        with pytest.raises(AamUserError, match=f"being run by process {holder.pid} on {socket.gethostname()}"):
+            with driver_lock(experiment):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)  # no exit handler runs: its record stays in the file
+        holder.wait()
+    with driver_lock(experiment) as lock:
+        assert f"took over from process {holder.pid}" in capsys.readouterr().err
+        assert f'"pid": {os.getpid()}' in lock.read_text()
+    with driver_lock(experiment):  # a lock let go cleanly is taken without a note
+        assert "took over" not in capsys.readouterr().err
+
+
+def test_a_lock_named_by_a_process_on_another_host_is_refused_with_how_to_clear_it(tmp_path):
+    from aam._files import driver_lock
+
+    experiment = tmp_path / "w"
+    lock = tmp_path / ".w.aam-lock"
+    lock.write_text('{"pid": 1, "host": "another-host.example"}')
+    with pytest.raises(AamUserError, match=f"process 1 on another-host.example.*delete {lock}"):
+        with driver_lock(experiment):
+            pass
+
+
+def test_stale_work_folders_of_dead_processes_go_and_nothing_else(tmp_path):
+    from aam._files import remove_stale_work_folders
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(ended.stdout)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = [f"aam-run-{dead}-a", f"aam-ckpt-{dead}-b", f"aam-run-{alive.pid}-c", f"aam-run-{os.getpid()}-d",
+                 f"aam-other-{dead}-e", "aam-run-abc", "notes"]
+        for name in names:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "f").write_text("x")
+        (tmp_path / f"aam-run-{dead}-file").write_text("a file, not a work folder")
+        removed = remove_stale_work_folders(tmp_path)
+    finally:
+        alive.kill()
+        alive.wait()
+    assert sorted(p.name for p in removed) == sorted(names[:2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:] + [f"aam-run-{dead}-file"])

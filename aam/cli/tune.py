@@ -39,18 +39,38 @@ def tune(
             raise AamUserError(f"--resume {resume}: no such experiment folder")
         loaded = load_experiment_space(resume.resolve())
         loaded.storage_path, loaded.name = str(resume.resolve().parent), resume.resolve().name
-        experiment = run_search(loaded, address=address, resume=True, dashboard=dashboard, verbose=verbose)
+        with _one_driver(loaded):
+            experiment = run_search(loaded, address=address, resume=True, dashboard=dashboard, verbose=verbose)
     else:
         if space is None:
             raise AamUserError("give a search-space file, e.g. `aam tune search_spaces/demo.yaml`, or --resume STORAGE/NAME")
         if not space.is_file():
             raise AamUserError(f"{space}: no such search-space file")
         loaded = load_space(space, data_override=data, storage_override=storage_path, name_override=name)
-        experiment = run_search(loaded, address=address, dashboard=dashboard, verbose=verbose)
+        with _one_driver(loaded):
+            experiment = run_search(loaded, address=address, dashboard=dashboard, verbose=verbose)
     if not isinstance(experiment, Path):
         print(f"experiment: {experiment}")
         return
     _print_search_end(experiment)
+
+
+def _one_driver(loaded):
+    """The experiment's lock, held while this driver runs: a second driver on it (another --name of
+    it, or a --resume while it runs) would sample duplicate trials and delete the other's
+    checkpoints. A storage that is a URI, or a folder run_search will refuse, is not locked here."""
+    import contextlib
+
+    from aam._files import driver_lock
+
+    if "://" in loaded.storage_path:
+        return contextlib.nullcontext()
+    storage = Path(loaded.storage_path)
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a file, or a folder not writable: run_search says so in one line
+        return contextlib.nullcontext()
+    return driver_lock(storage / loaded.name)
 
 
 def _print_search_end(experiment: Path) -> None:

@@ -1,0 +1,60 @@
+"""One driver per experiment (issue 23): a second `aam tune` on an experiment that a driver runs is
+one line naming that driver, before it reads or writes anything of the experiment."""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run_aam(*args) -> tuple[int, str]:
+    from aam.cli import main
+
+    err = io.StringIO()
+    argv, sys.argv = sys.argv, ["aam", *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            main()
+    except SystemExit as e:
+        code = e.code or 0
+    finally:
+        sys.argv = argv
+    return code, err.getvalue()
+
+
+def wait_for_holder(lock: Path, pid: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(lock.read_text() or "null") == {"pid": pid, "host": socket.gethostname()}:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{lock} never named process {pid}")
+
+
+def test_a_second_driver_is_refused_while_a_driver_runs(small_experiment, small_space_file, tmp_path):
+    storage = tmp_path / "storage"
+    shutil.copytree(small_experiment, storage / "w", symlinks=True)
+    # the first driver: `aam tune --resume` as a user runs it, in its own process
+    first = subprocess.Popen([str(Path(sys.executable).parent / "aam"), "tune", "--resume", storage / "w",
+                              "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    try:
+        wait_for_holder(storage / ".w.aam-lock", first.pid)
+        for args in (["--resume", storage / "w"], [small_space_file, "--storage-path", storage, "--name", "w"]):
+            code, err = run_aam("tune", *args, "--no-dashboard")
+            lines = err.strip().splitlines()
+            assert code == 2 and len(lines) == 1, err
+            assert f"being run by process {first.pid} on {socket.gethostname()}" in lines[0]
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+    assert (storage / ".w.aam-lock").read_bytes() == b""  # let go on SIGTERM: nothing for the next to take over
