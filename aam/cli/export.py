@@ -69,12 +69,12 @@ def _refuse_links(checkpoint: Path) -> None:
 def _which_model(checkpoint: Path, best_epoch: int) -> str:
     """Say which epoch's model this is. Tune numbers checkpoints from 0 and epochs count from 1, and
     a checkpoint carries the best model so far, so `checkpoint_000014` may hold epoch 13's model."""
-    import json
+    from aam._files import read_json
 
     try:
-        saved = json.loads((checkpoint / "metrics.json").read_text())
+        saved = read_json(checkpoint / "metrics.json", "metrics file")
         best_epoch, after = saved.get("best_epoch", best_epoch), len(saved.get("history", ()))
-    except (OSError, ValueError):
+    except (AamUserError, AttributeError, TypeError):  # only a description: a damaged file leaves it out
         after = None
     when = f", saved after epoch {after}" if after else ""
     return f"the model of its best epoch, epoch {best_epoch} (from {checkpoint.name}{when})"

@@ -153,7 +153,7 @@ def newest_checkpoint(run_dir: Path) -> Path:
         try:
             history = json.loads((folder / "metrics.json").read_text())["history"]
             epoch = int(history[-1]["epoch"])
-        except (OSError, ValueError, KeyError, IndexError, TypeError):
+        except (OSError, ValueError, KeyError, IndexError, TypeError, RecursionError):  # damaged: least progress
             epoch = -1
         return epoch, (folder / STATE_FILE).stat().st_mtime
 

@@ -2,7 +2,6 @@
 one line naming that driver, before it reads or writes anything of the experiment."""
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -12,22 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-
-def run_aam(*args) -> tuple[int, str]:
-    from aam.cli import main
-
-    err = io.StringIO()
-    argv, sys.argv = sys.argv, ["aam", *map(str, args)]
-    code = 0
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            main()
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = argv
-    return code, err.getvalue()
 
 
 def wait_for_holder(lock: Path, pid: int, timeout: float = 60) -> None:
@@ -40,7 +23,7 @@ def wait_for_holder(lock: Path, pid: int, timeout: float = 60) -> None:
     raise AssertionError(f"{lock} never named process {pid}")
 
 
-def test_a_second_driver_is_refused_while_a_driver_runs(small_experiment, small_space_file, tmp_path):
+def test_a_second_driver_is_refused_while_a_driver_runs(small_experiment, small_space_file, tmp_path, aam_main):
     storage = tmp_path / "storage"
     shutil.copytree(small_experiment, storage / "w", symlinks=True)
     # the first driver: `aam tune --resume` as a user runs it, in its own process
@@ -50,7 +33,7 @@ def test_a_second_driver_is_refused_while_a_driver_runs(small_experiment, small_
     try:
         wait_for_holder(storage / ".w.aam-lock", first.pid)
         for args in (["--resume", storage / "w"], [small_space_file, "--storage-path", storage, "--name", "w"]):
-            code, err = run_aam("tune", *args, "--no-dashboard")
+            code, _, err = aam_main("tune", *args, "--no-dashboard")
             lines = err.strip().splitlines()
             assert code == 2 and len(lines) == 1, err
             assert f"being run by process {first.pid} on {socket.gethostname()}" in lines[0]

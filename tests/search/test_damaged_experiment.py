@@ -2,30 +2,11 @@
 damaged space file is one line naming it; a damaged trial or ensemble is named in one line each,
 and every readable trial and ensemble is still listed."""
 
-import contextlib
-import io
 import json
 import shutil
-import sys
 import time
 
 import pytest
-
-from aam.cli import main
-
-
-def run_aam(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    argv, sys.argv = sys.argv, ["aam", *map(str, args)]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture
@@ -48,11 +29,11 @@ ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     (ALIAS_BOMB, "YAML nodes once its aliases"),
 ])
 @pytest.mark.parametrize("command", ["runs", "report"])
-def test_a_damaged_space_file_is_one_line_naming_it(experiment, command, text, message, folder_hash):
+def test_a_damaged_space_file_is_one_line_naming_it(experiment, command, text, message, folder_hash, aam_main):
     (experiment / "aam-space.yaml").write_text(text)
     before = folder_hash(experiment)
     started = time.monotonic()
-    code, _, err = run_aam(command, experiment)
+    code, _, err = aam_main(command, experiment)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and str(experiment / "aam-space.yaml") in lines[0], err
     assert message in lines[0]
@@ -83,12 +64,12 @@ def write_ensemble_folder(folder, **changes):
     (folder / "metrics.json").write_text(json.dumps({"val_mae": 1.5, "test_mae": 1.7}))
 
 
-def test_runs_lists_every_readable_trial_and_ensemble_and_names_each_damaged_file(experiment):
+def test_runs_lists_every_readable_trial_and_ensemble_and_names_each_damaged_file(experiment, aam_main):
     trials = damage_trials(experiment)
     write_ensemble_folder(experiment / "ensembles" / "whole")
     write_ensemble_folder(experiment / "ensembles" / "self", model=".")
     write_ensemble_folder(experiment / "ensembles" / "text-weight", weight="1.0")
-    code, out, err = run_aam("runs", experiment, "--format", "json")
+    code, out, err = aam_main("runs", experiment, "--format", "json")
     assert code == 0, err
     listed = json.loads(out)
     assert sorted(t["trial"] for t in listed["trials"]) == sorted(t.name for t in trials)
@@ -100,9 +81,9 @@ def test_runs_lists_every_readable_trial_and_ensemble_and_names_each_damaged_fil
     assert "Traceback" not in err
 
 
-def test_report_of_damaged_trials_lists_the_rest_and_names_what_it_left_out(experiment, tmp_path):
+def test_report_of_damaged_trials_lists_the_rest_and_names_what_it_left_out(experiment, tmp_path, aam_main):
     trials = damage_trials(experiment)
-    code, out, err = run_aam("report", experiment, "--out", tmp_path / "report.html")
+    code, out, err = aam_main("report", experiment, "--out", tmp_path / "report.html")
     assert code == 0, err
     page = (tmp_path / "report.html").read_text()
     assert all(t.name in page for t in trials)
