@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from aam._files import check_output_folder, staged_folder
+from aam._files import check_output_folder
 from aam.cli._app import app
 from aam.errors import AamUserError
 
@@ -65,48 +65,26 @@ def ensemble(
                                                 "experiment: STORAGE/NAME/ensembles/topK[-rf]).")] = None,
 ):
     """Combine trained models (and optionally the forest) by greedy selection on val; score test once."""
-    from aam.data.collate import raw_targets
-    from aam.data.dataset import Dataset
-    from aam.training.checkpoint import load_model
-    from aam.training.predict import table_batch_spec
-    from aam.training.ensemble import (cross_validated, ensemble_out_of_fold, forest_member, greedy_select,
-                                       model_member, write_ensemble)
+    from aam.training.ensemble_build import build_ensemble
 
     candidates, experiment = _candidates(list(sources), top)
+    out = _ensemble_folder(out, experiment, top, with_baseline)
+    inputs = {**{f"SOURCE {s}": s for s in sources}, "--with-baseline": with_baseline, "--data": data}
+    check_output_folder(out, "ensemble", False, inputs,
+                        allowed=() if experiment is None else (experiment / "ensembles",))
+    members, selection, metrics = build_ensemble(candidates, out, data, with_baseline, rounds)
+    _report(out, members, selection, metrics)
+
+
+def _ensemble_folder(out: Path | None, experiment: Path | None, top: int, with_baseline: Path | None) -> Path:
+    """--out, by default STORAGE/NAME/ensembles/topK[-rf] for an experiment; never an existing ensemble."""
     if out is None:
         if experiment is None:
             raise AamUserError("--out: give the ensemble folder to write (needed unless the source is an experiment)")
         out = experiment / "ensembles" / (f"top{top}" + ("-rf" if with_baseline else ""))
     if out.is_dir() and not out.is_symlink() and any(out.iterdir()):
         raise AamUserError(f"--out {out}: already exists; choose a new folder (an ensemble is never overwritten)")
-    inputs = {**{f"SOURCE {s}": s for s in sources}, "--with-baseline": with_baseline, "--data": data}
-    check_output_folder(out, "ensemble", False, inputs,
-                        allowed=() if experiment is None else (experiment / "ensembles",))
-    if any(cross_validated(folder) for _, folder in candidates):  # `--folds K` runs: selected out of fold
-        metrics, members, selection = ensemble_out_of_fold(out, candidates, with_baseline, rounds, data)
-        return _report(out, members, selection, metrics)
-    bundles = [load_model(folder) for _, folder in candidates]
-    targets = bundles[0].targets
-    if not targets or any(b.targets != targets for b in bundles):
-        raise AamUserError("ensemble: every member must predict the same targets; "
-                           + ", ".join(f"{n}: {b.targets}" for (n, _), b in zip(candidates, bundles)))
-    dataset = Dataset.open(data or bundles[0].config.data)
-    if missing := [t for t in targets if t not in dataset.targets]:
-        raise AamUserError(f"--data {dataset.path}: has no target {', '.join(missing)} that the members predict "
-                           f"(its targets: {', '.join(dataset.targets) or 'none'}); give the dataset they were "
-                           "trained on")
-    rows = {split: dataset.split(split) for split in ("val", "test")}
-    sample_ids = {split: r.column("sample_id").to_pylist() for split, r in rows.items()}
-    actual = {split: raw_targets(r, targets) for split, r in rows.items()}
-    sequences = dataset.asvs.column("sequence").to_pylist()
-    members = [model_member(name, folder, bundle, rows, table_batch_spec(bundle, dataset.tokens, sequences))
-               for (name, folder), bundle in zip(candidates, bundles)]
-    if with_baseline is not None:
-        members.append(forest_member(with_baseline, sample_ids, targets))
-    selection = greedy_select([m.val for m in members], actual["val"], rounds)
-    with staged_folder(out) as tmp:
-        metrics = write_ensemble(tmp, members, selection, targets, sample_ids, actual, str(dataset.path), rounds)
-    _report(out, members, selection, metrics)
+    return out
 
 
 def _report(out: Path, members, selection, metrics: dict) -> None:
