@@ -97,3 +97,30 @@ def test_resume_of_a_crafted_search_state_is_refused_before_anything_is_unpickle
     assert "search_gen_state-2026-11-30_10-00-00.json has no signature" in str(result.exception)
     assert not marker.exists()
     assert (experiment / SIGNATURE_FILE).is_file()
+
+
+def test_the_signer_finds_tunes_staging_folder_on_the_trials_storage_and_signs_the_first_save(ray_cluster,
+                                                                                             tmp_path):
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    from aam.distributed.state_signature import StateSigner
+
+    storage = StorageContext(storage_path=str(tmp_path / "exps"), experiment_dir_name="exp")
+    trial = Trial("aam", config={}, storage=storage, stub=True)
+    staging, experiment = Path(storage.experiment_driver_staging_path), tmp_path / "exps" / "exp"
+    staging.mkdir(parents=True, exist_ok=True)
+    experiment.mkdir(parents=True, exist_ok=True)
+    signer = StateSigner(experiment)
+    # a new search's first step: no trial yet when it begins, Tune saves its first snapshot in it
+    signer.on_step_begin(0, [])
+    (staging / "experiment_state-S1.json").write_text('{"trial_data": []}')
+    assert signer.get_state() is None and not (experiment / SIGNATURE_FILE).exists()  # the staging is unknown yet
+    signer.on_step_end(1, [trial])  # the step made the first trial: its storage names the staging folder
+    assert signer.staging == staging
+    (experiment / "experiment_state-S1.json").write_text('{"trial_data": []}')  # Tune's copy
+    verify_state(experiment)
+    (staging / "experiment_state-S1.json").write_text('{"trial_data": [1]}')  # a later save, signed inside it
+    signer.get_state()
+    (experiment / "experiment_state-S1.json").write_text('{"trial_data": [1]}')
+    verify_state(experiment)
