@@ -66,9 +66,7 @@ def _one_driver(loaded):
     if "://" in loaded.storage_path:
         return contextlib.nullcontext()
     storage = Path(loaded.storage_path)
-    try:
-        storage.mkdir(parents=True, exist_ok=True)
-    except OSError:  # a file, or a folder not writable: run_search says so in one line
+    if not storage.is_dir():  # nothing to race over yet, and a refused search must leave no folder behind
         return contextlib.nullcontext()
     return driver_lock(storage / loaded.name)
 
