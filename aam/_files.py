@@ -457,7 +457,7 @@ def _holder(fd: int) -> str:
 
 # --- work folders: removed when the process ends, however it ends --------------------------
 _WORK_FOLDERS: set[str] = set()
-_WORK_PREFIXES = ("aam-run-", "aam-ckpt-")
+_WORK_PREFIXES = ("aam-run-", "aam-ckpt-", "aam-state-")
 
 
 def work_folder(prefix: str) -> Path:

@@ -20,26 +20,29 @@ from aam._ray_internals import (
     session_files,
     set_search_state_trials,
 )
-from aam.distributed.state_signature import sign_state, verify_state
+from aam.distributed.state_signature import sign_state, verified_private_copy
 from aam.errors import AamUserError
 from aam.search import SPACE_FILE, cut_short_state, recorded_trial_ids, unrecorded_trials
 
 UNRECORDED_DIR = "unrecorded"  # what a resume sets aside: kept for the user, out of Tune's way
 
 
-def mend_killed_experiment(experiment: Path) -> None:
-    """Make a local experiment folder one that Tune resumes correctly, and check its signed state.
+def mend_killed_experiment(experiment: Path) -> Path:
+    """Make a local experiment folder one that Tune resumes correctly, and return the private,
+    verified copy of its state that Tune is to restore from (`pinned_state_filesystem`).
 
     After it: the newest set of Tune's state files is whole, every pickle in it was signed by
-    this user's aam (checked before anything is unpickled, here or by `Tuner.restore`), every
-    trial folder is one Tune recorded, and the search generator counts exactly those trials.
+    this user's aam (checked on the bytes of the private copy, which are the bytes unpickled here
+    and by `Tuner.restore`), every trial folder is one Tune recorded, and the search generator
+    counts exactly those trials.
     """
     _set_aside_cut_short_state(experiment)
-    verify_state(experiment)
+    private = verified_private_copy(experiment)
     recorded = recorded_trial_ids(experiment)
     if recorded is not None:
         _set_aside_unrecorded(experiment, recorded)
-        _reconcile_search_state(experiment, recorded)
+        _reconcile_search_state(experiment, private, recorded)
+    return private
 
 
 def _move_aside(experiment: Path, paths: list[Path]) -> Path:
@@ -90,7 +93,7 @@ def _set_aside_unrecorded(experiment: Path, recorded: set[str]) -> None:
           flush=True)
 
 
-def _reconcile_search_state(experiment: Path, recorded: set[str]) -> None:
+def _reconcile_search_state(experiment: Path, private: Path, recorded: set[str]) -> None:
     """Make Tune's search-generator snapshot agree with its experiment state on which trials exist.
 
     Tune writes the two in one save but copies them to the storage path in the background, file
@@ -106,13 +109,16 @@ def _reconcile_search_state(experiment: Path, recorded: set[str]) -> None:
     if not snapshots:
         return
     newest = snapshots[-1]
-    state = cloudpickle.loads(newest.read_bytes())  # signed: verify_state has checked it
+    # the verified copy's bytes: the file in the experiment may have been swapped since the check
+    state = cloudpickle.loads((private / newest.name).read_bytes())
     limited = _limits_concurrency(experiment)
     counter, live = search_state_trials(state, newest, limited)
     if counter == len(recorded) and (live is None or live <= recorded):
         return
     set_search_state_trials(state, newest, limited, recorded)
-    atomic_write(newest, cloudpickle.dumps(state))
+    mended = cloudpickle.dumps(state)
+    atomic_write(newest, mended)
+    atomic_write(private / newest.name, mended)  # what Tune restores from
     sign_state(experiment, experiment, [newest.name])
 
 

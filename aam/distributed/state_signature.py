@@ -30,6 +30,7 @@ import secrets
 import stat
 from pathlib import Path
 
+import pyarrow.fs as _pafs
 from ray.tune import Callback
 
 from aam._files import atomic_write
@@ -113,13 +114,7 @@ def verify_state(experiment: Path) -> None:
     key = state_key()
     for path in state_files(experiment):
         if _mac(key, path.name, path.read_bytes()) not in log.get(path.name, ()):
-            why = ("has no signature from this user's aam (written by someone else, another account or an aam "
-                   "from before signing)") if path.name not in log else "was changed after aam wrote it"
-            raise AamUserError(
-                f"--resume {experiment}: {path.name} {why}; Tune would unpickle it, which can run code, so it is "
-                f"not loaded; resume only searches your own aam ran, or start the search again under a new --name "
-                f"(`aam runs {experiment}` still reads its trials without unpickling)"
-            )
+            raise _unsigned(experiment, path, log)
 
 
 class StateSigner(Callback):
@@ -150,3 +145,112 @@ class StateSigner(Callback):
         if self.staging is not None and self.staging.is_dir():
             sign_state(self.staging, self.experiment)
         return None  # nothing for Tune to pickle
+
+
+# --- resuming from a verified private copy --------------------------------------------------
+def verified_private_copy(experiment: Path) -> Path:
+    """Tune's state files of `experiment`, each read once, its signature checked on those bytes
+    and the bytes written into a private folder (0700, this user's; removed with the process).
+
+    Tune restores from this copy (`PinnedStateFileSystem`), so a file swapped in the experiment
+    folder after this check changes nothing: what is unpickled is what was verified."""
+    from aam._files import work_folder
+
+    experiment = Path(experiment)
+    log = _read_log(experiment)
+    key = state_key()
+    private = work_folder("aam-state-")  # mkdtemp: 0700, owned by this user
+    for path in state_files(experiment):
+        data = path.read_bytes()
+        if _mac(key, path.name, data) not in log.get(path.name, ()):
+            raise _unsigned(experiment, path, log)
+        fd = os.open(private / path.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    return private
+
+
+def _unsigned(experiment: Path, path: Path, log: dict) -> AamUserError:
+    why = ("has no signature from this user's aam (written by someone else, another account or an aam "
+           "from before signing)") if path.name not in log else "was changed after aam wrote it"
+    return AamUserError(
+        f"--resume {experiment}: {path.name} {why}; Tune would unpickle it, which can run code, so it is "
+        f"not loaded; resume only searches your own aam ran, or start the search again under a new --name "
+        f"(`aam runs {experiment}` still reads its trials without unpickling)"
+    )
+
+
+def pinned_state_filesystem(experiment: Path, private: Path):
+    """The local filesystem, except that Tune's state files at the top of `experiment` are read
+    from the verified copy in `private` (Tune's restore reads them through its storage filesystem:
+    tuner.pkl, the newest experiment state, the searcher's snapshots). Everything else, and every
+    write, goes to the experiment folder as usual."""
+    return _pafs.PyFileSystem(PinnedStateFileSystem(str(Path(experiment).resolve()), str(private)))
+
+
+class PinnedStateFileSystem(_pafs.FileSystemHandler):
+    """See `pinned_state_filesystem`. Picklable (Tune sends its storage filesystem to trials)."""
+
+    def __init__(self, experiment: str, private: str):
+        self.experiment, self.private = experiment, private
+        self.local = _pafs.LocalFileSystem()
+
+    def __reduce__(self):
+        return PinnedStateFileSystem, (self.experiment, self.private)
+
+    def _pinned(self, path: str) -> str:
+        """The private copy that stands for `path`, or `path` itself."""
+        folder, _, name = path.rstrip("/").rpartition("/")
+        if folder == self.experiment and os.path.isfile(os.path.join(self.private, name)):
+            return os.path.join(self.private, name)
+        return path
+
+    def get_type_name(self):
+        return "aam-pinned-state"
+
+    def normalize_path(self, path):
+        return self.local.normalize_path(path)
+
+    def equals(self, other):
+        return isinstance(other, PinnedStateFileSystem) and (other.experiment, other.private) == (
+            self.experiment, self.private)
+
+    def get_file_info(self, paths):
+        infos = self.local.get_file_info([self._pinned(p) for p in paths])
+        return [_pafs.FileInfo(p, i.type, size=i.size, mtime=i.mtime) for p, i in zip(paths, infos)]
+
+    def get_file_info_selector(self, selector):
+        return self.local.get_file_info(selector)
+
+    def open_input_stream(self, path):
+        return self.local.open_input_stream(self._pinned(path))
+
+    def open_input_file(self, path):
+        return self.local.open_input_file(self._pinned(path))
+
+    def copy_file(self, src, dest):
+        self.local.copy_file(self._pinned(src), dest)
+
+    def create_dir(self, path, recursive):
+        self.local.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self.local.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self.local.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        self.local.delete_root_dir_contents()
+
+    def delete_file(self, path):
+        self.local.delete_file(path)
+
+    def move(self, src, dest):
+        self.local.move(src, dest)
+
+    def open_output_stream(self, path, metadata):
+        return self.local.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path, metadata):
+        return self.local.open_append_stream(path, metadata=metadata)

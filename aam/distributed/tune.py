@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from aam._files import mark_output
+from aam._files import mark_output, remove_work_folder
 from aam.config import DATASET_NAMED_FIELDS, RunConfig, check_dataset_value
 from aam.distributed._resume_repair import mend_killed_experiment
 from aam.distributed._storage import storage_join, write_text
@@ -23,7 +23,7 @@ from aam.distributed.cluster import ray_runtime
 # Tune pickles the run config's callbacks into tuner.pkl under their module's name: an experiment
 # started when ProgressPrinter lived in this module finds it here when it is resumed.
 from aam.distributed.progress import ProgressPrinter
-from aam.distributed.state_signature import StateSigner, sign_state
+from aam.distributed.state_signature import StateSigner, pinned_state_filesystem, sign_state
 from aam.distributed.trial import TrialOptions, runs_in_trial, tune_trial
 from aam.distributed.tune_config import make_tune_config
 from aam.errors import AamUserError
@@ -51,21 +51,36 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
         _check_new_experiment(experiment, space)
     static, train_rows = load_static(shared)
     _check_choices_fit_dataset(space, shared, static, train_rows)
+    private = None
     if resume:
         print(f"resuming {experiment}", flush=True)
         if isinstance(experiment, Path):
-            mend_killed_experiment(experiment)
+            private = mend_killed_experiment(experiment)
+    try:
+        _run_tuner(space, shared, static, train_rows, experiment, resume, private, address, dashboard, verbose)
+    finally:
+        if private is not None:
+            remove_work_folder(private)
+    return experiment
+
+
+def _run_tuner(space: SearchSpace, shared: RunConfig, static: StaticData, train_rows: pa.Table,
+               experiment: Path | str, resume: bool, private: Path | None, address: str | None, dashboard: bool,
+               verbose: bool) -> None:
+    pinned = None if private is None else pinned_state_filesystem(experiment, private)
     with ray_runtime(address, cpus_needed=_cpus_needed(space, shared), dashboard=dashboard) as ray:
         trainable = _trainable(space, shared, static, train_rows, verbose)
         if resume:
             _answer_to_old_module_names()
+            # Tune unpickles its state through `pinned`: from the verified private copy, never from
+            # the experiment folder, where a file could be swapped after the check
             tuner = ray.tune.Tuner.restore(
-                str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
+                str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True,
+                storage_filesystem=pinned,
             )
         else:
             tuner = _new_tuner(space, shared, experiment, trainable)
         tuner.fit()
-    return experiment
 
 
 # where the search-space classes lived when an experiment started before they moved to aam.search:
