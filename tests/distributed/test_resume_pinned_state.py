@@ -16,7 +16,9 @@ from aam._ray_internals import PICKLED_STATE
 
 
 def test_state_swapped_in_after_the_check_is_never_unpickled(small_experiment, tmp_path, runs_code, aam_main):
-    experiment = shutil.copytree(small_experiment, tmp_path / "small", symlinks=True)
+    # its own name: a resume leaves its state snapshot in Tune's driver staging, which a later
+    # resume of another copy named "small" in this same process would pick up
+    experiment = shutil.copytree(small_experiment, tmp_path / "small-pinned", symlinks=True)
     state = sorted({p for pattern in PICKLED_STATE for p in experiment.glob(pattern)})
     marker = tmp_path / "code-ran"
     evil = cloudpickle.dumps(runs_code(marker))
