@@ -11,6 +11,13 @@ its own embedded Ray where it needs one):
                and averages them)
   3. baseline  aam baseline rf --data DIR --out WORK/rf/LABEL [--max-features F]
                (fitted on the same train split, scored on the same test split)
+  4. ensembles aam ensemble WORK/experiments/quality-LABEL --top K [--with-baseline WORK/rf/LABEL]
+               and, with --folds, aam ensemble WORK/runs/LABEL [--with-baseline WORK/rf/LABEL]
+
+With --folds K (the recipe of search_spaces/quality.yaml) the retrain is `--folds K` (K models on
+the folds of train+val, scored out of fold) and the forest is `--folds K` too, so the ensemble
+with the forest is weighted on out-of-fold predictions of every non-test sample: the user's whole
+path, from a converted table to the final model, as the README's Use block gives it.
 
 The test split is never used for selection: the search ranks trials on val, the retrain picks
 its epoch on val, the forest is fitted on train only. The table gives test MAE and R² of both
@@ -19,6 +26,8 @@ its epoch on val, the forest is fitted on train only. The table gives test MAE a
     python benchmarks/quality.py --space search_spaces/count_embed.yaml --data mouse_random=/tmp/e2e/mouse \\
         --rf-max-features 0.3 --keep /tmp/quality --out benchmarks/results/quality.json
     python benchmarks/quality.py --space TINY.yaml --data mini=/tmp/bench/mini --rf-n-estimators 50   # a smoke run
+    python benchmarks/quality.py --space search_spaces/quality.yaml --folds 5 --data mouse_grouped=/tmp/q/mouse_grouped \
+        --keep /tmp/path --out benchmarks/results/path-mouse_grouped.json                   # the user's path
 """
 
 from __future__ import annotations
@@ -130,23 +139,40 @@ def run_dataset(label: str, data: Path, args, work: Path) -> dict:
         train_cmd += ["--seeds", str(args.train_seeds)]
     if args.retrain_epochs:
         train_cmd += ["--epochs", str(args.retrain_epochs)]
-    walls["train_s"] = step("retrain", train_cmd, logs / f"{label}-train.log")
     rf_cmd = [aam, "baseline", "rf", "--data", str(data), "--out", str(rf), "--n-estimators",
               str(args.rf_n_estimators), "--n-jobs", str(args.rf_n_jobs), "--seed", str(args.rf_seed)]
     if args.rf_max_features:
         rf_cmd += ["--max-features", args.rf_max_features]
+    if args.folds > 1:
+        train_cmd[train_cmd.index("--out"):train_cmd.index("--out")] = ["--folds", str(args.folds)]
+        rf_cmd += ["--folds", str(args.folds)]
+    walls["train_s"] = step("retrain", train_cmd, logs / f"{label}-train.log")
     walls["rf_s"] = step("baseline", rf_cmd, logs / f"{label}-rf.log")
     model, forest = model_scores(run), rf_scores(rf)
+    ensembles, ensemble_cmds = {}, {}
+    sources = {f"top{args.ensemble_top}": [str(experiment), "--top", str(args.ensemble_top)]}
+    if args.folds > 1:
+        sources[f"cv{args.folds}"] = [str(run)]
+    for name, source in sources.items():
+        for with_rf in (False, True):
+            key = f"{name}-rf" if with_rf else name
+            cmd = [aam, "ensemble", *source, "--out", str(work / "ensembles" / label / key)]
+            if with_rf:
+                cmd += ["--with-baseline", str(rf)]
+            walls[f"ensemble_{key}_s"] = step(f"ensemble {key}", cmd, logs / f"{label}-ensemble-{key}.log")
+            ensembles[key] = json.loads((work / "ensembles" / label / key / "metrics.json").read_text())
+            ensemble_cmds[key] = " ".join(cmd)
     return {
         "data": str(data),
         "experiment": str(experiment),
         "best_trial": best,
         "model": model,
         "rf": forest,
+        "ensembles": ensembles,
         "winner_mae": winner(model.get("test_mae"), forest.get("test_mae"), higher_is_better=False),
         "winner_r2": winner(model.get("test_r2"), forest.get("test_r2"), higher_is_better=True),
         "wall": walls,
-        "commands": {"train": " ".join(train_cmd), "rf": " ".join(rf_cmd)},
+        "commands": {"train": " ".join(train_cmd), "rf": " ".join(rf_cmd), **ensemble_cmds},
         "load_average_end": load_average(),
     }
 
@@ -164,6 +190,16 @@ def print_results(results: dict, space_name: str, train_seeds: int) -> None:
                  "R² winner", f"search best {metric}", f"retrained {metric}", "RF val MAE"], rows,
                 title=f"test split: tuned model ({space_name}, best trial retrained"
                       f"{f', {train_seeds} seeds' if train_seeds > 1 else ''}) vs Random Forest")
+    rows = []
+    for label, r in results.items():
+        rf_test = r["rf"].get("test_mae")
+        for key, metrics in r.get("ensembles", {}).items():
+            test = metrics.get("test_mae")
+            rows.append([label, key, metrics.get("val_mae"), test, rf_test,
+                         test / rf_test if test is not None and rf_test else None])
+    if rows:
+        print_table(["dataset", "ensemble", "val MAE (selected on)", "test MAE", "RF test MAE", "ratio to RF"], rows,
+                    title="test split: `aam ensemble` (-rf: the forest a candidate)")
 
 
 def main(argv=None) -> dict:
@@ -175,6 +211,9 @@ def main(argv=None) -> dict:
                         "(`aam train --seeds`; default 1)")
     parser.add_argument("--retrain-epochs", type=int, help="train the best config this many epochs instead of "
                         "the search's (a search on 2 CPUs stops at a few epochs; the winner gets longer)")
+    parser.add_argument("--folds", type=int, default=1, help="retrain the best trial with `--folds K` and fit the "
+                        "forest with `--folds K` (default 1: one model, the forest on train)")
+    parser.add_argument("--ensemble-top", type=int, default=5, help="`aam ensemble EXP --top K` (default 5)")
     parser.add_argument("--rf-max-features", help="`aam baseline rf --max-features` (default: sklearn's, all ASVs)")
     parser.add_argument("--rf-n-estimators", type=int, default=500, help="trees per forest (default 500)")
     parser.add_argument("--rf-n-jobs", type=int, default=1, help="cores the forest grows trees on (default 1)")
@@ -218,6 +257,7 @@ def main(argv=None) -> dict:
         "space_text": args.space.read_text(),
         "rf": {"max_features": args.rf_max_features, "n_estimators": args.rf_n_estimators, "seed": args.rf_seed},
         "train_seeds": args.train_seeds,
+        "folds": args.folds,
         "results": results,
         "wall_s": wall,
         "machine": info,
