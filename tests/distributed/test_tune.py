@@ -12,6 +12,7 @@ from aam.search import read_experiment, resolve_trial
 from aam.search import load_space
 from aam.distributed.state_signature import sign_state
 from aam.distributed.tune import run_search
+from aam.examples import path
 from aam.errors import AamUserError
 from aam.training.checkpoint import load_model
 
@@ -250,3 +251,41 @@ def test_a_searched_log_transform_of_a_target_below_minus_one_is_refused_before_
     assert "search.target_transform: choice 'log-zscore' cannot fit" in message
     assert "Timeline_diet" in message and "remove it from the choices" in message
     assert not storage.exists()
+
+
+def test_a_search_with_folds_ranks_trials_on_their_out_of_fold_score(ray_cluster, example_dataset, tmp_path):
+    """`folds: 3` in a search: each trial trains 3 fold models in lockstep and reports, every epoch,
+    the MAE of its out-of-fold predictions of every train and val sample; what it ranks on is what
+    its checkpoint's files say, and `aam export` and `aam predict` take the exported CV folder."""
+    import yaml
+
+    space = {"fixed": {"epochs": 2, "d_model": 16, "n_heads": 2, "asv_layers": 1, "sample_layers": 1,
+                       "token_limit": 32, "batch_size": 16, "folds": 3},
+             "search": {"lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
+             "tune": {"num_samples": 2, "scheduler": {"type": "none"}, "searcher": {"type": "random", "seed": 0},
+                      "keep_checkpoints": 1}}
+    (tmp_path / "cv.yaml").write_text(yaml.safe_dump(space))
+    experiment = run_search(load_space(tmp_path / "cv.yaml", data_override=str(example_dataset),
+                                       storage_override=str(tmp_path / "experiments"), name_override="cv"))
+    trials = read_experiment(experiment).trials
+    assert [t.status for t in trials] == ["finished", "finished"]
+    for trial in trials:
+        assert all("fold_val_mae" in epoch and "val_mae" in epoch for epoch in trial.history)
+    best = read_experiment(experiment).best()
+    out = tmp_path / "exported"
+    result = CliRunner().invoke(app, ["export", str(experiment), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(list((out / "folds").glob("*/model.pt"))) == 3
+    oof = pd.read_csv(out / "val_predictions.tsv", sep="\t")
+    held_out = [set((out / "folds" / str(k) / "samples" / "val.txt").read_text().split()) for k in range(3)]
+    assert not (held_out[0] & held_out[1]) and not (held_out[1] & held_out[2]) and not (held_out[0] & held_out[2])
+    assert set(oof["sample_id"]) == set().union(*held_out) and oof["sample_id"].is_unique
+    test = pd.read_csv(out / "test_predictions.tsv", sep="\t")
+    assert len(oof) + len(test) == 160 and not set(oof["sample_id"]) & set(test["sample_id"])  # never test
+    mae = (oof["Age_wk_actual"] - oof["Age_wk_predicted"]).abs().mean()
+    assert mae == pytest.approx(best.best, rel=1e-6)  # the score the search ranked the trial on
+    predictions = tmp_path / "predictions.tsv"
+    result = CliRunner().invoke(app, ["predict", "--model", str(out), "--table",
+                                      str(path("mouse_age_mini") / "feature-table.biom"), "--out", str(predictions)])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(predictions, sep="\t")) == 160
