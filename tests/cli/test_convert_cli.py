@@ -7,28 +7,16 @@ from pathlib import Path
 import pytest
 
 from aam import examples
-from aam.cli import main
 from aam.data import Dataset
 
 EX = examples.path("mouse_age_mini")
 BASE = ["--table", str(EX / "feature-table.biom"), "--metadata", str(EX / "sample-metadata.tsv")]
 
 
-def run_main(monkeypatch, capsys, *args, command="convert"):
-    monkeypatch.setattr(sys, "argv", ["aam", command, *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_convert_writes_dataset_and_prints_report(monkeypatch, capsys, tmp_path):
+def test_convert_writes_dataset_and_prints_report(aam_main, tmp_path):
     out = tmp_path / "mini"
-    code, stdout, stderr = run_main(
-        monkeypatch, capsys, *BASE, "--target", "Age_wk", "--categorical", "Diet", "--categorical", "study",
+    code, stdout, stderr = aam_main(
+        "convert", *BASE, "--target", "Age_wk", "--categorical", "Diet", "--categorical", "study",
         "--unifrac", EX / "weighted-unifrac.tsv", "--split", "0.7/0.15/0.15", "--group-by", "Sampling-date",
         "--out", out,
     )  # fmt: skip
@@ -40,9 +28,9 @@ def test_convert_writes_dataset_and_prints_report(monkeypatch, capsys, tmp_path)
     assert ds.manifest["split"]["fractions"] == [0.7, 0.15, 0.15] and ds.manifest["split"]["group_by"] == "Sampling-date"
     assert list(ds.categoricals) == ["Diet", "study"]
 
-    code, _, stderr = run_main(monkeypatch, capsys, *BASE, "--target", "Age_wk", "--out", out)
+    code, _, stderr = aam_main("convert", *BASE, "--target", "Age_wk", "--out", out)
     assert code == 2 and "pass --force" in stderr
-    code, _, stderr = run_main(monkeypatch, capsys, *BASE, "--target", "Age_wk", "--out", out, "--force", "--rarefy", "3000")
+    code, _, stderr = aam_main("convert", *BASE, "--target", "Age_wk", "--out", out, "--force", "--rarefy", "3000")
     assert code in (0, None), stderr
     assert Dataset.open(out).manifest["rarefy"]["depth"] == 3000
 
@@ -57,18 +45,18 @@ def test_convert_writes_dataset_and_prints_report(monkeypatch, capsys, tmp_path)
         (["--target", "Age_wk", "--tree", "t.nwk", "--unifrac", "u.tsv"], "not both"),
     ],
 )
-def test_user_mistakes_are_one_line_exit_2(monkeypatch, capsys, tmp_path, args, message):
+def test_user_mistakes_are_one_line_exit_2(aam_main, tmp_path, args, message):
     out = tmp_path / "o"
-    code, stdout, stderr = run_main(monkeypatch, capsys, *BASE, *args, "--out", out)
+    code, stdout, stderr = aam_main("convert", *BASE, *args, "--out", out)
     assert code == 2
     assert stderr.startswith("aam: error: ") and message in stderr
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     assert not out.exists()
 
 
-def test_missing_table_file(monkeypatch, capsys, tmp_path):
-    code, _, stderr = run_main(
-        monkeypatch, capsys, "--table", tmp_path / "no.biom", "--metadata", EX / "sample-metadata.tsv",
+def test_missing_table_file(aam_main, tmp_path):
+    code, _, stderr = aam_main(
+        "convert", "--table", tmp_path / "no.biom", "--metadata", EX / "sample-metadata.tsv",
         "--target", "Age_wk", "--out", tmp_path / "o",
     )  # fmt: skip
     assert code == 2 and stderr.strip() == f"aam: error: --table file {tmp_path / 'no.biom'} does not exist; check the path"
@@ -83,27 +71,26 @@ def test_real_process_exit_code(tmp_path):
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("aam: error: --target column 'Nope'")
 
 
-def test_convert_bundled_example(monkeypatch, capsys, tmp_path):
+def test_convert_bundled_example(aam_main, tmp_path):
     out = tmp_path / "demo"
-    code, stdout, stderr = run_main(monkeypatch, capsys, "--example", "mouse_age_mini", "--out", out, "--seed", "3")
+    code, stdout, stderr = aam_main("convert", "--example", "mouse_age_mini", "--out", out, "--seed", "3")
     assert code in (0, None), stderr
     ds = Dataset.open(out)
     assert ds.targets == ["Age_wk"] and list(ds.categoricals) == ["Diet", "study"] and ds.unifrac is not None
     assert ds.manifest["split"]["seed"] == 3
-    code, _, stderr = run_main(monkeypatch, capsys, "--out", tmp_path / "x")
+    code, _, stderr = aam_main("convert", "--out", tmp_path / "x")
     assert code == 2 and "--table is required (or pass --example mouse_age_mini" in stderr
 
 
-def test_pool_prints_what_it_kept_and_a_mistake_is_one_line(monkeypatch, capsys, example_dataset, tmp_path):
+def test_pool_prints_what_it_kept_and_a_mistake_is_one_line(aam_main, example_dataset, tmp_path):
     out = tmp_path / "pool"
-    code, stdout, stderr = run_main(monkeypatch, capsys, example_dataset, "--out", out, command="pool")
+    code, stdout, stderr = aam_main("pool", example_dataset, "--out", out)
     assert code in (0, None), stderr
     pool = Dataset.open(out)
     n = Dataset.open(example_dataset).manifest["split"]["counts"]
     assert len(pool.samples) == n["train"] + n["val"]
     assert f"kept {n['train'] + n['val']} samples" in stdout and stdout.strip().endswith(f"wrote {out}")
 
-    code, stdout, stderr = run_main(monkeypatch, capsys, tmp_path / "nowhere", "--out", tmp_path / "second",
-                                     command="pool")
+    code, stdout, stderr = aam_main("pool", tmp_path / "nowhere", "--out", tmp_path / "second")
     assert code == 2 and stderr.count("\n") == 1 and "does not exist" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "second").exists()
