@@ -5,6 +5,7 @@ The commands are read from README.md itself, so the README and this test cannot 
 (tests/conftest.py) stands in for it under the demo's folder names.
 """
 
+import json
 import os
 import re
 import shutil
@@ -59,3 +60,7 @@ def test_every_use_command_runs_as_written_on_the_demo_folders(small_experiment,
     assert (tmp_path / "demo" / "predictions.tsv").stat().st_size > 0
     assert (tmp_path / "demo" / "runs" / "retrained" / "summary.json").is_file()
     assert (tmp_path / "demo" / "runs" / "two-workers" / "model.pt").is_file()
+    # the recipe's last steps: the winner on 5 folds, bagged with the forest on out-of-fold predictions
+    assert len(list((tmp_path / "demo" / "runs" / "cv" / "folds").glob("*/model.pt"))) == 5
+    bagged = json.loads((tmp_path / "demo" / "runs" / "cv-rf" / "ensemble.json").read_text())
+    assert bagged["selected_on"] == "out-of-fold" and bagged["includes_forest"] is True
