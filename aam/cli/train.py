@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 import yaml
 
-from aam._files import check_output_folder, mark_output, replacing_folder
+from aam._files import atomic_write, check_output_folder, mark_output, replacing_folder
 from aam.cli._app import app
 from aam.cli._config_options import with_config_options
 from aam.config import RunConfig
@@ -190,7 +190,7 @@ def _write_comparison(out: Path, results: dict, trial) -> None:
             mean = statistics.fmean(retrained)
             summary["trial"]["retrained"] = mean
             print(f"{metric}: search trial {trial.best:.4g} (epoch {trial.best_epoch}), retrained {mean:.4g}")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1))
     for key in ("test_mae", "test_r2"):
         if key in summary["mean"]:
             spread = f" ± {summary['stdev'][key]:.3g}" if "stdev" in summary else ""

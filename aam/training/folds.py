@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from aam._files import atomic_write
 from aam.config import RunConfig
 from aam.errors import AamUserError
 from aam.training.session import StaticData
@@ -123,5 +124,5 @@ def write_cv_folder(folder: Path, cfg: RunConfig, static: StaticData, fold_names
     info = {"format": FORMAT, "targets": targets, "data": cfg.data, "selected_on": "out-of-fold", "folds": len(folds),
             "rounds": 0, "val_curve": [], "candidates": [m["name"] for m in members], "includes_forest": False,
             "members": members}
-    (folder / ENSEMBLE_FILE).write_text(json.dumps(info, indent=1))
+    atomic_write(folder / ENSEMBLE_FILE, json.dumps(info, indent=1))
     return metrics
