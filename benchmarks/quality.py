@@ -144,7 +144,7 @@ def run_dataset(label: str, data: Path, args, work: Path) -> dict:
     if args.rf_max_features:
         rf_cmd += ["--max-features", args.rf_max_features]
     if args.folds > 1:
-        train_cmd[train_cmd.index("--out"):train_cmd.index("--out")] = ["--folds", str(args.folds)]
+        train_cmd += ["--folds", str(args.folds)]
         rf_cmd += ["--folds", str(args.folds)]
     walls["train_s"] = step("retrain", train_cmd, logs / f"{label}-train.log")
     walls["rf_s"] = step("baseline", rf_cmd, logs / f"{label}-rf.log")
@@ -156,11 +156,12 @@ def run_dataset(label: str, data: Path, args, work: Path) -> dict:
     for name, source in sources.items():
         for with_rf in (False, True):
             key = f"{name}-rf" if with_rf else name
-            cmd = [aam, "ensemble", *source, "--out", str(work / "ensembles" / label / key)]
+            folder = work / "ensembles" / label / key
+            cmd = [aam, "ensemble", *source, "--out", str(folder)]
             if with_rf:
                 cmd += ["--with-baseline", str(rf)]
             walls[f"ensemble_{key}_s"] = step(f"ensemble {key}", cmd, logs / f"{label}-ensemble-{key}.log")
-            ensembles[key] = json.loads((work / "ensembles" / label / key / "metrics.json").read_text())
+            ensembles[key] = json.loads((folder / "metrics.json").read_text())
             ensemble_cmds[key] = " ".join(cmd)
     return {
         "data": str(data),
