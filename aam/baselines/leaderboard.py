@@ -7,13 +7,13 @@ val/test scores in their own columns; trial-only columns (rank, epochs, params) 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
 from aam.baselines.random_forest import BASELINE_FILE, KIND, METRICS_FILE
+from aam._files import read_json
 from aam.errors import AamUserError
 
 SHORT_NAMES = {KIND: "rf"}
@@ -29,12 +29,10 @@ def read_baseline(folder: str | Path) -> tuple[dict, dict]:
         raise AamUserError(f"--baseline {folder}: no such folder; {hint}")
     files = {}
     for name in (BASELINE_FILE, METRICS_FILE):
-        try:
-            files[name] = json.loads((folder / name).read_text())
-        except FileNotFoundError:
-            raise AamUserError(f"--baseline {folder}: not a baseline folder (no {name}); {hint}") from None
-        except json.JSONDecodeError:
-            raise AamUserError(f"--baseline {folder}: {name} is not valid JSON; run `aam baseline` again") from None
+        if not (folder / name).is_file():
+            raise AamUserError(f"--baseline {folder}: not a baseline folder (no {name}); {hint}")
+        # the one reader of aam's JSON from a folder a user may have received: bounded, one line on damage
+        files[name] = read_json(folder / name, "baseline file")
     info = files[BASELINE_FILE]
     if not isinstance(info, dict) or "kind" not in info:
         raise AamUserError(f"--baseline {folder}: {BASELINE_FILE} does not say which baseline it is; {hint}")
@@ -91,11 +89,11 @@ def same_dataset(a: str | None, b: str | None) -> bool:
     manifests = []
     for folder in (a, b):
         try:
-            manifests.append(json.loads((Path(folder) / "manifest.json").read_text()))
-        except (OSError, json.JSONDecodeError):
+            manifests.append(read_json(Path(folder) / "manifest.json", "dataset manifest"))
+        except AamUserError:
             return False
     what = ("sources", "split", "targets", "rarefy", "n_samples", "n_asvs")
-    return all(manifests[0].get(k) == manifests[1].get(k) for k in what)
+    return all(isinstance(m, dict) for m in manifests) and all(manifests[0].get(k) == manifests[1].get(k) for k in what)
 
 
 def _number(value) -> float:

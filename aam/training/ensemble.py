@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from aam._files import checksum_file, mark_output, read_json
+from aam._files import atomic_write, checksum_file, mark_output, read_json
 from aam.errors import AamUserError
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -152,8 +152,8 @@ def write_ensemble(out: Path, members: list[Member], selection: Selection, targe
             "includes_forest": includes_forest, "members": listed}
     metrics["includes_forest"] = includes_forest
     mark_output(out, "ensemble")
-    (out / ENSEMBLE_FILE).write_text(json.dumps(info, indent=1))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    atomic_write(out / ENSEMBLE_FILE, json.dumps(info, indent=1))
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=1))
     return metrics
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from aam._files import load_torch, remove_work_folder, save_torch, work_folder
+from aam._files import atomic_write, load_torch, remove_work_folder, save_torch, work_folder
 from aam.config import RunConfig
 from aam.data.augment import augment_rows
 from aam.data.collate import BatchSpec, collate, move_to
@@ -233,7 +233,7 @@ def _fit_folds(cfg: RunConfig, static: StaticData, session: Session) -> dict:
             metrics.update(write_cv_folder(workdir, cfg, static, [str(k) for k in range(len(runs))]))
             metrics["best_val_score"] = metrics["val_mae"]
             history.append(metrics)
-            (workdir / "metrics.json").write_text(json.dumps({"history": history, "folds": cfg.folds}, indent=1))
+            atomic_write(workdir / "metrics.json", json.dumps({"history": history, "folds": cfg.folds}, indent=1))
             _log_epoch(None, metrics, cfg.epochs, session.verbose)
             session.report(metrics, str(workdir))
             if not live:
@@ -390,7 +390,7 @@ def _save_epoch(run: _Run, epoch: int, metrics: dict) -> None:
     _log_epoch(run.writer, metrics, run.cfg.epochs, run.session.verbose)
     best = run.best
     summary = {"history": run.history, "best_epoch": best.epoch}
-    (run.workdir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    atomic_write(run.workdir / "metrics.json", json.dumps(summary, indent=1))
     save_training_state(run.workdir, epoch + 1, run.cfg, model=run.model, ema=run.ema, optimizer=run.optimizer,
                         scheduler=run.scheduler, masking=run.masking, best=best, history=run.history)
     if run.writer is not None:

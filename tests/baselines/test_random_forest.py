@@ -256,3 +256,17 @@ def test_a_folder_that_is_no_baseline_is_a_user_error(example_dataset, tmp_path)
         read_baseline(example_dataset)
     with pytest.raises(AamUserError, match="no such folder"):
         read_baseline(tmp_path / "nothing")
+
+
+def test_a_damaged_baseline_file_is_one_line_naming_it(rf_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "rf"
+    shutil.copytree(rf_run.out, copy)
+    (copy / "metrics.json").write_text('{"val_mae": 1.0')  # cut off mid-write, or edited by hand
+    with pytest.raises(AamUserError, match=r"metrics\.json: this baseline file is not valid JSON") as info:
+        read_baseline(copy)
+    assert "\n" not in str(info.value)
+    (copy / "metrics.json").write_text("[" * 100_000 + "]" * 100_000)  # nested past Python's limits
+    with pytest.raises(AamUserError, match="nested too deeply"):
+        read_baseline(copy)
