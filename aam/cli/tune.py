@@ -1,5 +1,7 @@
 """`aam tune`: a Ray Tune + Optuna search described by a YAML file under search_spaces/."""
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -58,17 +60,38 @@ def tune(
 def _one_driver(loaded):
     """The experiment's lock, held while this driver runs: a second driver on it (another --name of
     it, or a --resume while it runs) would sample duplicate trials and delete the other's
-    checkpoints. A storage that is a URI, or a folder run_search will refuse, is not locked here."""
-    import contextlib
-
+    checkpoints. A storage that is a URI, or a path run_search will refuse, is not locked here."""
     from aam._files import driver_lock
 
     if "://" in loaded.storage_path:
         return contextlib.nullcontext()
     storage = Path(loaded.storage_path)
-    if not storage.is_dir():  # nothing to race over yet, and a refused search must leave no folder behind
+    existing = next(p for p in (storage, *storage.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         return contextlib.nullcontext()
-    return driver_lock(storage / loaded.name)
+    return _locked_storage(storage, loaded.name, driver_lock)
+
+
+@contextlib.contextmanager
+def _locked_storage(storage: Path, name: str, driver_lock):
+    """The lock of STORAGE/NAME, creating STORAGE for it when it is new (two drivers started at once
+    on a new storage folder race like any others); a storage folder made here and left holding only
+    the lock (the search was refused before it wrote anything) is removed again."""
+    made = []
+    for folder in reversed([storage, *storage.parents]):
+        if not folder.exists():
+            with contextlib.suppress(FileExistsError):  # another driver made it first: not ours to remove
+                folder.mkdir()
+                made.append(folder)
+    with driver_lock(storage / name) as lock:
+        try:
+            yield lock
+        finally:
+            if made and {p.name for p in storage.iterdir()} == {lock.name}:
+                lock.unlink()
+                for folder in reversed(made):
+                    with contextlib.suppress(OSError):  # not empty: something else was written there since
+                        folder.rmdir()
 
 
 def _print_search_end(experiment: Path) -> None:
