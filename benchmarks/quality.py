@@ -131,8 +131,14 @@ def run_dataset(label: str, data: Path, args, work: Path) -> dict:
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     walls = {}
-    walls["tune_s"] = step("search", [aam, "tune", str(args.space), "--data", str(data), "--storage-path",
-                                      str(experiment.parent), "--name", experiment.name], logs / f"{label}-tune.log")
+    search_cmd = [aam, "tune", str(args.space), "--data", str(data), "--storage-path", str(experiment.parent),
+                  "--name", experiment.name]
+    if args.reuse_search and experiment.is_dir():
+        # the search of an earlier run of this command (its wall time is in that run's log)
+        print(f"  search: reused {experiment}", flush=True)
+        walls["tune_s"] = None
+    else:
+        walls["tune_s"] = step("search", search_cmd, logs / f"{label}-tune.log")
     best = best_trial(experiment)
     train_cmd = [aam, "train", "--best-of", str(experiment), "--data", str(data), "--out", str(run)]
     if args.train_seeds > 1:
@@ -173,7 +179,8 @@ def run_dataset(label: str, data: Path, args, work: Path) -> dict:
         "winner_mae": winner(model.get("test_mae"), forest.get("test_mae"), higher_is_better=False),
         "winner_r2": winner(model.get("test_r2"), forest.get("test_r2"), higher_is_better=True),
         "wall": walls,
-        "commands": {"train": " ".join(train_cmd), "rf": " ".join(rf_cmd), **ensemble_cmds},
+        "commands": {"search": " ".join(search_cmd), "train": " ".join(train_cmd), "rf": " ".join(rf_cmd),
+                     **ensemble_cmds},
         "load_average_end": load_average(),
     }
 
@@ -214,6 +221,8 @@ def main(argv=None) -> dict:
                         "the search's (a search on 2 CPUs stops at a few epochs; the winner gets longer)")
     parser.add_argument("--folds", type=int, default=1, help="retrain the best trial with `--folds K` and fit the "
                         "forest with `--folds K` (default 1: one model, the forest on train)")
+    parser.add_argument("--reuse-search", action="store_true", help="skip the search where KEEP already holds "
+                        "its experiment (the later steps read it as they would a new one)")
     parser.add_argument("--ensemble-top", type=int, default=5, help="`aam ensemble EXP --top K` (default 5)")
     parser.add_argument("--rf-max-features", help="`aam baseline rf --max-features` (default: sklearn's, all ASVs)")
     parser.add_argument("--rf-n-estimators", type=int, default=500, help="trees per forest (default 500)")
