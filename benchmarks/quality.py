@@ -244,7 +244,8 @@ def main(argv=None) -> dict:
     info["RAY_ADDRESS"] = os.environ.get("RAY_ADDRESS")
     print_machine(info)
     work = Path(args.keep or tempfile.mkdtemp(prefix="aam-bench-quality-")).resolve()
-    if args.keep and (work / "experiments").is_dir() and any((work / "experiments").iterdir()):
+    held = (work / "experiments").is_dir() and any((work / "experiments").iterdir())
+    if args.keep and held and not args.reuse_search:
         raise SystemExit(f"--keep {work}: already holds experiments; choose a new folder")
     work.mkdir(parents=True, exist_ok=True)
     print(f"space {args.space}; work folder {work}")
