@@ -159,7 +159,8 @@ class RunConfig:
                       high=10.0, section="quality")
     folds: int = _f(1, "Cross-validation: train this many models, each on all but one fold of train+val (grouped "
                     "datasets fold by their group), and score the out-of-fold predictions of every non-test sample; "
-                    "the folder is an ensemble of the fold models (1: off, a plain train/val run).", low=1, high=20,
+                    "the folder is an ensemble of the fold models (1: off, a plain train/val run). With workers > 1 the folds "
+                    "train in parallel, whole fold models per worker.", low=1, high=20,
                     section="quality")
     min_abundance: float = _f(0.0, "Leave out ASVs below this share of their sample's reads (0: keep all) before "
                               "token_limit applies; with a large token_limit every ASV above the floor is read.",
@@ -181,7 +182,8 @@ class RunConfig:
                       "on or off (not yet measured faster on a GPU; BENCHMARKS.md has the command).",
                       ("on", "off"), section="speed")
     # --- resources --------------------------------------------------------------------------
-    workers: int = _f(1, "Ray Train workers (data-parallel).", low=1, section="resources")
+    workers: int = _f(1, "Ray Train workers (data-parallel; with folds > 1, each trains whole fold models).", low=1,
+                      section="resources")
     cpus_per_worker: float = _f(1.0, "CPUs reserved per worker.", low=0.0, section="resources")
     gpus_per_worker: float = _f(0.0, "GPUs per worker (0: CPU training).", low=0.0, section="resources")
     max_failures: int = _f(2, "Times a run whose worker, actor or node died is restarted from its last "
@@ -250,9 +252,13 @@ class RunConfig:
         if -1 < self.identity_weight_decay < 0:
             raise AamUserError(f"{where}: identity_weight_decay={self.identity_weight_decay!r} must be -1 (the same as "
                                "weight_decay) or a decay of 0 or more")
-        if self.folds > 1 and (self.workers > 1 or self.train_on_val):
-            raise AamUserError(f"{where}: folds={self.folds} trains its fold models one process each on train+val; "
-                               "set workers=1 and train_on_val=false (or folds=1)")
+        if self.folds > 1 and self.train_on_val:
+            raise AamUserError(f"{where}: folds={self.folds} trains its fold models on train+val already; "
+                               "set train_on_val=false (or folds=1)")
+        if self.folds > 1 and self.workers > self.folds:
+            raise AamUserError(f"{where}: folds={self.folds} with workers={self.workers}: each worker trains whole fold "
+                               f"models, so a worker past the {self.folds}th would idle; set workers={self.folds} or "
+                               "fewer")
         if self.freeze_encoder and not self.pretrained_encoder:
             raise AamUserError(f"{where}: freeze_encoder=true needs pretrained_encoder (a run folder)")
 

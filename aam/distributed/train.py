@@ -2,7 +2,8 @@
 
 Each worker runs `aam.training.loop.fit` unchanged with a `RayTrainSession`: its shard of the
 training split comes from Ray Data (`get_dataset_shard`), gradients are averaged by DDP, and
-rank 0 evaluates and checkpoints. The UniFrac loss all-gathers sample embeddings (with their
+rank 0 evaluates and checkpoints. A cross-validated run (`folds: K`) instead gives every worker
+all the rows and each trains whole fold models (aam.training.folds). The UniFrac loss all-gathers sample embeddings (with their
 gradients) across workers, so every pair of the global batch counts, as on one worker.
 """
 
@@ -62,7 +63,7 @@ class RayTrainSession(Session):
         )
 
     def shard_size(self) -> int:
-        return self.n_train // self.world_size  # the shards are equal (DataConfig default)
+        return self.n_train // self.world_size  # the shards are equal (DataConfig default; folds do not shard)
 
     def epoch_rows(self, epoch: int) -> pa.Table:
         # The shard streams from Ray Data; its rows (small: a row is a sample's ASV list) are
@@ -152,6 +153,8 @@ def make_trainer(cfg: RunConfig, static: StaticData, dataset, *, name: str, stor
             resources_per_worker={"CPU": cfg.cpus_per_worker, "GPU": cfg.gpus_per_worker},
         ),
         datasets={"train": dataset},
+        # cross-validation's workers each train whole fold models on every row (aam.training.folds)
+        dataset_config=ray.train.DataConfig(datasets_to_split=[] if cfg.folds > 1 else "all"),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(storage_path),

@@ -8,7 +8,10 @@ data, and their mean predicts test.
 
 The K runs advance in lockstep, an epoch of each at a time, so the session reports one
 out-of-fold score per epoch (what ASHA and early stopping read) from a single `fit`, in-process,
-in a Tune trial or on a Ray Train worker alike. A grouped dataset (`aam convert --group-by`)
+in a Tune trial or on Ray Train workers alike. With W Ray Train workers (W <= K) the folds run in
+parallel: worker r trains folds r, r+W, ... on all of train+val (the dataset is not sharded), and
+after each epoch sends its folds' changed files and scores to rank 0, which writes the folder and
+reports. Each fold draws from its own RNG stream, so the K models are the same on 1 or W workers. A grouped dataset (`aam convert --group-by`)
 folds by its groups, as its split did, so no group is on both sides of a fold.
 
 The folder is an ensemble folder (aam.training.ensemble) whose members are the fold models with
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +87,67 @@ def split_folds(rows: pa.Table, cfg: RunConfig) -> list[tuple[pa.Table, pa.Table
     """(training rows, held-out rows) of each fold of `rows` (every non-test row)."""
     fold = fold_assignments(rows, cfg.folds, cfg.seed)
     return [(rows.filter(pa.array(fold != k)), rows.filter(pa.array(fold == k))) for k in range(cfg.folds)]
+
+
+def folds_of_rank(folds: int, rank: int, world_size: int) -> list[int]:
+    """The folds worker `rank` of `world_size` trains: every world_size-th, from its rank."""
+    return list(range(rank, folds, world_size))
+
+
+@dataclass(frozen=True)
+class FoldScore:
+    """What rank 0 needs of one fold after an epoch to report the folds as one run."""
+
+    fold: int
+    n_held_out: int
+    latest: dict  # the fold's metrics of its last trained epoch
+    best_epoch: int
+    live: bool  # still training (not stopped by its patience)
+    rank: int  # the worker that trains it
+
+
+def share_fold_scores(mine: list[FoldScore], rank: int, world_size: int) -> list[FoldScore]:
+    """Every worker's fold scores on every worker (all of them need to know when to stop), by fold."""
+    import torch.distributed
+
+    if world_size == 1:
+        return sorted(mine, key=lambda s: s.fold)
+    everyone: list = [None] * world_size
+    torch.distributed.all_gather_object(everyone, mine)
+    return sorted((s for scores in everyone for s in scores), key=lambda s: s.fold)
+
+
+class FoldFiles:
+    """Brings the fold folders that other workers train into rank 0's run folder, each epoch only
+    the files that changed since the last (a fold that stopped sends nothing)."""
+
+    def __init__(self, rank: int, world_size: int):
+        self.rank, self.world_size = rank, world_size
+        self.sent: dict[Path, tuple[int, int]] = {}
+
+    def gather(self, folders: dict[int, Path], dest: Path) -> None:
+        """Rank 0: write every other worker's changed files of its `folders` (fold -> folder) into
+        `dest/folds/<fold>`."""
+        import torch.distributed
+
+        from aam.training.resume import unpack_files
+
+        if self.world_size == 1:
+            return
+        changed: dict[int, dict[str, bytes]] = {}
+        if self.rank != 0:
+            for fold, folder in folders.items():
+                for path in sorted(folder.rglob("*")):
+                    stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
+                    if stamp is not None and self.sent.get(path) != stamp:
+                        changed.setdefault(fold, {})[str(path.relative_to(folder))] = path.read_bytes()
+                        self.sent[path] = stamp
+        received: list | None = [None] * self.world_size if self.rank == 0 else None
+        # pickled between this run's own workers, never a file from elsewhere
+        torch.distributed.gather_object(changed, received, dst=0)
+        for files_by_fold in received or []:
+            for fold, files in files_by_fold.items():
+                unpack_files(files, dest / FOLDS_DIR / str(fold))
 
 
 def read_predictions(path: Path, targets: list[str]) -> pd.DataFrame:

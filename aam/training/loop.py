@@ -35,7 +35,8 @@ from aam.data.collate import BatchSpec, collate, move_to
 from aam.training import artifacts
 from aam.training.checkpoint import MODEL_FILE, ModelBundle, load_encoder_weights, model_payload
 from aam.training.evaluation import evaluate, recalibrate_batchnorm
-from aam.training.folds import FOLDS_DIR, fold_static, split_folds, write_cv_folder
+from aam.training.folds import (FOLDS_DIR, FoldFiles, FoldScore, fold_static, folds_of_rank, share_fold_scores,
+                                split_folds, write_cv_folder)
 from aam.training.losses import total_loss
 from aam.training.optim import FiniteLossCheck, group_lrs, make_optimizer, warmup_cosine, weight_average
 from aam.training.resume import restore_training, save_training_state
@@ -205,58 +206,97 @@ def _every_rank_stops(run: _Run, stop: bool) -> bool:
 def _fit_folds(cfg: RunConfig, static: StaticData, session: Session) -> dict:
     """`folds: K` (see aam.training.folds): K runs on the folds of train+val, an epoch of each in
     turn, reported as one run whose val scores are their mean and whose folder is their ensemble.
+    On W Ray Train workers, worker r runs folds r, r+W, ... and rank 0 writes and reports.
 
     Each fold stops on its own patience; the test split is scored by each fold's best epoch when
     it stops and by the folds' mean at the end. A restarted run starts its folds afresh (their
     state is in the checkpoint, but a fold-wise resume is not built)."""
+    # every row on every worker (the Ray Train dataset of a cross-validated run is not sharded),
+    # sorted so that the folds and their batches do not depend on the order the rows arrived in
     rows = pa.concat_tables([session.epoch_rows(0), static.eval_rows["val"]], promote_options="default")
+    rows = rows.sort_by("sample_id")
+    rank, world_size = session.rank, session.world_size
+    mine = folds_of_rank(cfg.folds, rank, world_size)
     workdir = work_folder("aam-run-")
     fold_cfg = cfg.replace(folds=1)  # each fold is a plain run; the folder's own config.json says folds=K
-    runs: list[_Run] = []
+    runs: dict[int, _Run] = {}
+    streams: dict[int, tuple] = {}
     try:
         for k, (train, held_out) in enumerate(split_folds(rows, cfg)):
-            folder = workdir / FOLDS_DIR / str(k)
-            folder.mkdir(parents=True)
-            runs.append(_setup(fold_cfg, fold_static(fold_cfg, static, train, held_out),
-                               Session(train, cfg.seed, verbose=False, device=session.device), folder))
-        cfg.save(workdir / "config.json")
+            if k in mine:
+                folder = workdir / FOLDS_DIR / str(k)
+                folder.mkdir(parents=True)
+                runs[k] = _setup(fold_cfg, fold_static(fold_cfg, static, train, held_out),
+                                 Session(train, cfg.seed, verbose=False, device=session.device), folder)
+                streams[k] = _rng_state(session.device)
+        if rank == 0:
+            cfg.save(workdir / "config.json")
+        files = FoldFiles(rank, world_size)
         history: list[dict] = []
-        live = list(runs)
+        live = set(runs)
         for epoch in range(cfg.epochs):
             started = time.perf_counter()
-            for run in live:
-                metrics = {"epoch": epoch + 1, **_train_epoch(run, epoch)}
-                _evaluate_epoch(run, epoch, metrics, time.perf_counter())
-                _save_epoch(run, epoch, metrics)
-            live = [run for run in live if not _out_of_patience(run, epoch)]
-            metrics = _fold_metrics(runs, epoch, started)
-            metrics.update(write_cv_folder(workdir, cfg, static, [str(k) for k in range(len(runs))]))
-            metrics["best_val_score"] = metrics["val_mae"]
-            history.append(metrics)
-            atomic_write(workdir / "metrics.json", json.dumps({"history": history, "folds": cfg.folds}, indent=1))
-            _log_epoch(None, metrics, cfg.epochs, session.verbose)
-            session.report(metrics, str(workdir))
-            if not live:
+            for k in sorted(live):
+                with _own_rng(streams, k, session.device):
+                    metrics = {"epoch": epoch + 1, **_train_epoch(runs[k], epoch)}
+                    _evaluate_epoch(runs[k], epoch, metrics, time.perf_counter())
+                    _save_epoch(runs[k], epoch, metrics)
+            live = {k for k in live if not _out_of_patience(runs[k], epoch)}
+            scores = share_fold_scores([FoldScore(k, run.static.eval_rows["val"].num_rows, run.history[-1],
+                                                  run.best.epoch, k in live, rank) for k, run in runs.items()],
+                                       rank, world_size)
+            files.gather({k: run.workdir for k, run in runs.items()}, workdir)
+            metrics, checkpoint = {"epoch": epoch + 1}, None
+            if rank == 0:
+                metrics = _fold_metrics(scores, epoch, started)
+                metrics.update(write_cv_folder(workdir, cfg, static, [str(s.fold) for s in scores]))
+                metrics["best_val_score"] = metrics["val_mae"]
+                history.append(metrics)
+                atomic_write(workdir / "metrics.json", json.dumps(
+                    {"history": history, "folds": cfg.folds, "fold_workers": {str(s.fold): s.rank for s in scores}},
+                    indent=1))
+                _log_epoch(None, metrics, cfg.epochs, session.verbose)
+                checkpoint = str(workdir)
+            session.report(metrics, checkpoint)
+            if not any(s.live for s in scores):
                 break
         return history[-1] if history else {}
     finally:
-        for run in runs:
+        for run in runs.values():
             if run.writer is not None:
                 run.writer.close()
         remove_work_folder(workdir)
 
 
-def _fold_metrics(runs: list[_Run], epoch: int, started: float) -> dict:
+def _rng_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+@contextlib.contextmanager
+def _own_rng(streams: dict[int, tuple], key: int, device: torch.device):
+    """Run the block on `streams[key]`, its own torch RNG stream (dropout draws from the global
+    one): a fold's draws then do not depend on which other folds share its process, so K folds
+    train the same models on one worker as on several."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        cpu, gpu = streams[key]
+        torch.set_rng_state(cpu)
+        if gpu is not None:
+            torch.cuda.set_rng_state(gpu, device)
+        yield
+        streams[key] = _rng_state(device)
+
+
+def _fold_metrics(scores: list[FoldScore], epoch: int, started: float) -> dict:
     """One epoch of the folds as one run's metrics: each fold's latest val and train scores (a
     stopped fold's last ones) averaged, weighted by its held-out samples."""
-    weights = np.array([run.static.eval_rows["val"].num_rows for run in runs], dtype=float)
-    latest = [run.history[-1] for run in runs]
+    weights = np.array([s.n_held_out for s in scores], dtype=float)
+    latest = [s.latest for s in scores]
     keys = [k for k in latest[0] if k.startswith(("train_", "val_")) and all(isinstance(m.get(k), float) for m in latest)]
     metrics = {"epoch": epoch + 1, "lr": latest[0].get("lr", 0.0)}
     # this epoch's held-out scores as `fold_*`: `val_*` is the out-of-fold score of the kept models
     metrics.update({k if k.startswith("train_") else f"fold_{k}": float(np.average([m[k] for m in latest],
                                                                                    weights=weights)) for k in keys})
-    metrics["best_epoch"] = max(run.best.epoch for run in runs)
+    metrics["best_epoch"] = max(s.best_epoch for s in scores)
     metrics["epoch_seconds"] = time.perf_counter() - started
     return metrics
 

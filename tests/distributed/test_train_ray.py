@@ -59,3 +59,46 @@ def test_a_pretrained_encoder_that_does_not_fit_is_refused_before_any_worker_sta
     with pytest.raises(AamUserError, match="does not fit this model"):
         train(wider, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def folds_on_two_workers(ray_cluster, example_dataset, tmp_path_factory):
+    cfg = RunConfig.from_dict({"data": str(example_dataset), **TINY, "folds": 3, "workers": 2})
+    out = tmp_path_factory.mktemp("runs") / "folds_on_two_workers"
+    return cfg, out, train(cfg, out)
+
+
+def test_folds_on_two_workers_split_the_fold_models_and_predict_every_sample_once(folds_on_two_workers):
+    cfg, out, metrics = folds_on_two_workers
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["fold_workers"] == {"0": 0, "1": 1, "2": 0}  # both workers trained whole fold models
+    oof = pd.read_csv(out / "val_predictions.tsv", sep="\t", dtype={"sample_id": str})
+    non_test = [s for split in ("train", "val") for s in (out / "folds" / "0" / "samples" / f"{split}.txt")
+                .read_text().split()]
+    assert sorted(oof["sample_id"]) == sorted(non_test)  # every non-test sample (no shard dropped any), once
+    for k in range(3):  # rank 0's folder holds every fold's model, whichever worker trained it
+        assert (out / "folds" / str(k) / "model.pt").is_file() and (out / "folds" / str(k) / "test_predictions.tsv").is_file()
+    assert metrics["val_mae"] == pytest.approx(float(np.mean(np.abs(oof["Age_wk_actual"] - oof["Age_wk_predicted"]))))
+
+
+def test_folds_on_two_workers_are_the_models_one_process_trains(folds_on_two_workers):
+    import torch
+
+    from aam.training.loop import fit
+    from aam.training.prepare import load_static
+    from aam.training.session import Session
+
+    cfg, out, _ = folds_on_two_workers
+    one = cfg.replace(workers=1)
+    static, rows = load_static(one)
+    session = Session(rows, one.seed, verbose=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each Ray worker (1 CPU): the same float sums, bit for bit
+    try:
+        fit(one, static, session)
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("val_predictions.tsv", "test_predictions.tsv"):
+        mine = pd.read_csv(session.last_checkpoint / name, sep="\t").sort_values("sample_id", ignore_index=True)
+        theirs = pd.read_csv(out / name, sep="\t").sort_values("sample_id", ignore_index=True)
+        pd.testing.assert_frame_equal(mine, theirs, check_exact=False, rtol=1e-6)

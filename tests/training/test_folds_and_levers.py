@@ -98,8 +98,9 @@ def test_a_grouped_dataset_folds_by_its_groups(tmp_path):
 
 def test_folds_refuse_what_they_cannot_do(example_dataset):
     base = {"data": str(example_dataset), **TINY}
-    with pytest.raises(AamUserError, match="folds=3 .*workers=1"):
-        RunConfig.from_dict({**base, "folds": 3, "workers": 2})
+    with pytest.raises(AamUserError, match="folds=3 with workers=4: .*workers=3 or fewer"):
+        RunConfig.from_dict({**base, "folds": 3, "workers": 4})
+    assert RunConfig.from_dict({**base, "folds": 3, "workers": 3}).workers == 3  # one fold model per worker
     with pytest.raises(AamUserError, match="folds=3 .*train_on_val"):
         RunConfig.from_dict({**base, "folds": 3, "train_on_val": True})
 
