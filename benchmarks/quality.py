@@ -149,6 +149,8 @@ def run_dataset(label: str, data: Path, args, work: Path) -> dict:
               str(args.rf_n_estimators), "--n-jobs", str(args.rf_n_jobs), "--seed", str(args.rf_seed)]
     if args.rf_max_features:
         rf_cmd += ["--max-features", args.rf_max_features]
+    if args.train_workers > 1:
+        train_cmd += ["--workers", str(args.train_workers)]
     if args.folds > 1:
         train_cmd += ["--folds", str(args.folds)]
         rf_cmd += ["--folds", str(args.folds)]
@@ -221,6 +223,8 @@ def main(argv=None) -> dict:
                         "the search's (a search on 2 CPUs stops at a few epochs; the winner gets longer)")
     parser.add_argument("--folds", type=int, default=1, help="retrain the best trial with `--folds K` and fit the "
                         "forest with `--folds K` (default 1: one model, the forest on train)")
+    parser.add_argument("--train-workers", type=int, default=1, help="`aam train --workers N` for the retrain (with "
+                        "--folds: whole fold models on N workers in parallel; default 1)")
     parser.add_argument("--reuse-search", action="store_true", help="skip the search where KEEP already holds "
                         "its experiment (the later steps read it as they would a new one)")
     parser.add_argument("--ensemble-top", type=int, default=5, help="`aam ensemble EXP --top K` (default 5)")
@@ -269,6 +273,7 @@ def main(argv=None) -> dict:
         "rf": {"max_features": args.rf_max_features, "n_estimators": args.rf_n_estimators, "seed": args.rf_seed},
         "train_seeds": args.train_seeds,
         "folds": args.folds,
+        "train_workers": args.train_workers,
         "results": results,
         "wall_s": wall,
         "machine": info,
