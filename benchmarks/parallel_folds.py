@@ -37,10 +37,11 @@ def run_layout(experiment: Path, folds: int, workers: int, cpus: float, out: Pat
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    history = json.loads((out / "metrics.json").read_text())["history"]
+    saved = json.loads((out / "metrics.json").read_text())
+    history = saved["history"]
     return {"workers": workers, "cpus_per_worker": cpus, "wall_s": round(wall, 1), "epochs": len(history),
             "val_mae": history[-1]["val_mae"], "test_mae": history[-1].get("test_mae"),
-            "fold_workers": json.loads((out / "metrics.json").read_text()).get("fold_workers")}
+            "fold_workers": saved.get("fold_workers")}
 
 
 def main() -> None:

@@ -2,9 +2,10 @@
 
 Each worker runs `aam.training.loop.fit` unchanged with a `RayTrainSession`: its shard of the
 training split comes from Ray Data (`get_dataset_shard`), gradients are averaged by DDP, and
-rank 0 evaluates and checkpoints. A cross-validated run (`folds: K`) instead gives every worker
-all the rows and each trains whole fold models (aam.training.folds). The UniFrac loss all-gathers sample embeddings (with their
-gradients) across workers, so every pair of the global batch counts, as on one worker.
+rank 0 evaluates and checkpoints. The UniFrac loss all-gathers sample embeddings (with their
+gradients) across workers, so every pair of the global batch counts, as on one worker. A
+cross-validated run (`folds: K`) instead gives every worker all the rows, and each trains whole
+fold models (aam.training.folds).
 """
 
 from __future__ import annotations

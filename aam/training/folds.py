@@ -11,8 +11,9 @@ out-of-fold score per epoch (what ASHA and early stopping read) from a single `f
 in a Tune trial or on Ray Train workers alike. With W Ray Train workers (W <= K) the folds run in
 parallel: worker r trains folds r, r+W, ... on all of train+val (the dataset is not sharded), and
 after each epoch sends its folds' changed files and scores to rank 0, which writes the folder and
-reports. Each fold draws from its own RNG stream, so the K models are the same on 1 or W workers. A grouped dataset (`aam convert --group-by`)
-folds by its groups, as its split did, so no group is on both sides of a fold.
+reports. Each fold draws from its own RNG stream, so the K models are the same on 1 or W workers.
+A grouped dataset (`aam convert --group-by`) folds by its groups, as its split did, so no group
+is on both sides of a fold.
 
 The folder is an ensemble folder (aam.training.ensemble) whose members are the fold models with
 equal weights, so `aam predict`, `aam runs` and `aam ensemble` read it like any other:

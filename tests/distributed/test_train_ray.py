@@ -77,7 +77,8 @@ def test_folds_on_two_workers_split_the_fold_models_and_predict_every_sample_onc
                 .read_text().split()]
     assert sorted(oof["sample_id"]) == sorted(non_test)  # every non-test sample (no shard dropped any), once
     for k in range(3):  # rank 0's folder holds every fold's model, whichever worker trained it
-        assert (out / "folds" / str(k) / "model.pt").is_file() and (out / "folds" / str(k) / "test_predictions.tsv").is_file()
+        fold = out / "folds" / str(k)
+        assert (fold / "model.pt").is_file() and (fold / "test_predictions.tsv").is_file()
     assert metrics["val_mae"] == pytest.approx(float(np.mean(np.abs(oof["Age_wk_actual"] - oof["Age_wk_predicted"]))))
 
 
