@@ -23,32 +23,60 @@ from aam.training.metrics import regression_metrics
 
 @torch.no_grad()
 def recalibrate_batchnorm(model, rows: pa.Table, spec: BatchSpec, device, batch_size: int = 64) -> None:
-    """Re-estimate BatchNorm statistics on training rows as the model sees them at evaluation.
+    """Set BatchNorm statistics to the mean and variance of its inputs over `rows` (training rows)
+    as the model sees them at evaluation.
 
     Training masks nucleotides and counts; evaluation does not. The sample vectors differ from
     each other by ~1% of their norm, so BatchNorm's running statistics, gathered on masked
     inputs, would turn that small train/eval shift into errors of several times the target's
     range. A pass without masking (as PreciseBN does) makes the statistics those of the inputs
-    evaluation sees, for the cost of ~10% of an epoch. Under DDP rank 0 does this and its
-    buffers are broadcast to the others at the next forward.
+    evaluation sees, for the cost of ~10% of an epoch.
+
+    The statistics are those of all `rows` together, not an average of per-batch ones: rows
+    come in table order, where neighbours share a study or a time point, and the average of
+    within-batch variances of such batches missed the variance between them (on mouse_age it
+    was a fraction of the whole), so evaluation scaled every sample's features up and its
+    predictions spread ~40% wider than the targets (BENCHMARKS.md §9, "BatchNorm statistics").
+    Under DDP rank 0 does this and its buffers are broadcast to the others at the next forward.
     """
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms or rows.num_rows < 2:
         return
     was_training = model.training
     model.eval()
+    sums: dict[torch.nn.Module, list] = {m: [0, 0.0, 0.0] for m in norms}  # count, sum, sum of squares
+
+    def record(module, inputs):
+        x = inputs[0].detach().double().transpose(0, 1).reshape(module.num_features, -1)  # [C, N*L]
+        total = sums[module]
+        total[0] += x.shape[1]
+        total[1] = total[1] + x.sum(dim=1)
+        total[2] = total[2] + x.pow(2).sum(dim=1)
+
+    hooks = [m.register_forward_pre_hook(record) for m in norms]
     momenta = [m.momentum for m in norms]
     for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a plain average over the calibration batches
+        m.momentum = 0.0  # normalise each batch by its own statistics (as training does), record nothing
         m.train()
-    for start in range(0, rows.num_rows, batch_size):
-        chunk = rows.slice(start, batch_size)
-        if chunk.num_rows >= 2:
-            model(move_to(collate(chunk, spec), device))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.train(was_training)
+    try:
+        for start in range(0, rows.num_rows, batch_size):
+            chunk = rows.slice(start, batch_size)
+            if chunk.num_rows >= 2:
+                model(move_to(collate(chunk, spec), device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    for m in norms:
+        n, total, squares = sums[m]
+        if n < 2:
+            continue
+        mean = total / n
+        m.running_mean.copy_(mean.to(m.running_mean.dtype))
+        m.running_var.copy_(((squares - n * mean.pow(2)) / (n - 1)).clamp_min(0).to(m.running_var.dtype))
+        m.num_batches_tracked.zero_()
 
 
 @dataclass
