@@ -22,19 +22,25 @@ def head_inputs(model, rows, spec) -> torch.Tensor:
     return seen[0].double()
 
 
-def test_statistics_are_the_populations_when_neighbouring_rows_are_alike(example_dataset):
-    # Rows sorted by the head's first input feature make each batch of 8 alike in it (as table
-    # order does with studies and time points): an average of per-batch statistics would give a
-    # variance several times too small there, and evaluation would scale that feature up.
+def untrained(example_dataset):
+    """A fresh model, its batch spec, and its calibration rows sorted by the head's first input
+    feature (so that neighbouring rows are alike in it, as table order makes them), with those
+    inputs."""
     cfg = tiny_cfg(example_dataset)
     static, _ = load_static(cfg)
     torch.manual_seed(0)
     model = build_model(cfg, static)
     spec = batch_spec(cfg, static)
     rows = static.calibration_rows
-    x = head_inputs(model, rows, spec)
-    rows = rows.take(np.argsort(x[:, 0].numpy()))
-    x = head_inputs(model, rows, spec)
+    rows = rows.take(np.argsort(head_inputs(model, rows, spec)[:, 0].numpy()))
+    return model, spec, rows, head_inputs(model, rows, spec)
+
+
+def test_statistics_are_the_populations_when_neighbouring_rows_are_alike(example_dataset):
+    # Rows sorted by the head's first input feature make each batch of 8 alike in it (as table
+    # order does with studies and time points): an average of per-batch statistics would give a
+    # variance several times too small there, and evaluation would scale that feature up.
+    model, spec, rows, x = untrained(example_dataset)
     within = np.mean([x[i:i + 8, 0].var().item() for i in range(0, len(x) - 1, 8)])
     assert within < 0.2 * x[:, 0].var().item()  # the case the test is about
 
@@ -48,16 +54,10 @@ def test_statistics_are_the_populations_when_neighbouring_rows_are_alike(example
 
 
 def test_evaluation_uses_the_recalibrated_statistics_whatever_the_row_order(example_dataset):
-    cfg = tiny_cfg(example_dataset)
-    static, _ = load_static(cfg)
-    torch.manual_seed(0)
-    model = build_model(cfg, static)
-    spec = batch_spec(cfg, static)
-    rows = static.calibration_rows
-    order = np.argsort(head_inputs(model, rows, spec)[:, 0].numpy())
+    model, spec, rows, _ = untrained(example_dataset)
     outputs = []
     shuffled = np.random.default_rng(0).permutation(rows.num_rows)
-    for ordered in (rows.take(order), rows.take(shuffled)):
+    for ordered in (rows, rows.take(shuffled)):
         recalibrate_batchnorm(model, ordered, spec, torch.device("cpu"), batch_size=8)
         with torch.no_grad():
             outputs.append(model(collate(rows, spec))["prediction"])
