@@ -36,7 +36,7 @@ def recalibrate_batchnorm(model, rows: pa.Table, spec: BatchSpec, device, batch_
     come in table order, where neighbours share a study or a time point, and the average of
     within-batch variances of such batches missed the variance between them (on mouse_age it
     was a fraction of the whole), so evaluation scaled every sample's features up and its
-    predictions spread ~40% wider than the targets (BENCHMARKS.md §9, "BatchNorm statistics").
+    predictions spread 25-50% wider than the targets (BENCHMARKS.md §9, "BatchNorm statistics").
     Under DDP rank 0 does this and its buffers are broadcast to the others at the next forward.
     """
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
