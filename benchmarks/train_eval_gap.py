@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, print_machine, print_table, write_json  # noqa: E402
+from throughput import parse_overrides  # noqa: E402
 
 
 def main() -> None:
@@ -41,8 +42,8 @@ def main() -> None:
     from aam.training.prepare import load_static
     from aam.training.session import Session
 
-    fields = dict(item.partition("=")[::2] for item in args.set)
-    fields = {k: (v.split(";") if ";" in v else v) for k, v in fields.items()}
+    # lists as `head_hidden=32;16`, as levers.py takes them
+    fields = {k: (v.split(";") if ";" in v else v) for k, v in parse_overrides(args.set).items()}
     cfg = RunConfig.from_dict({"data": args.data, "patience": 0, **fields}, where="--set")
     static, rows = load_static(cfg)
     info = machine_info()
