@@ -8,6 +8,7 @@ Test splits never take part in a decision. The last row is the decision on every
 is what the recipe (search_spaces/quality.yaml) fixes.
 
     python benchmarks/lodo.py /tmp/q/results/ablate2.json [more levers JSONs ...] --base base
+    python benchmarks/lodo.py a.json b.json --only base,bs32   # one lever against the base
 """
 
 from __future__ import annotations
@@ -43,11 +44,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", type=Path, help="levers.py --out JSON files")
     parser.add_argument("--base", default="base", help="the variant every lever is compared with")
+    parser.add_argument("--only", default=None, metavar="A,B,...",
+                        help="decide among these variants only (e.g. one lever against the base)")
     args = parser.parse_args(argv)
     runs, forests = [], {}
     for path in args.results:
         result = json.loads(path.read_text())
         runs += result["runs"]
+    if args.only:
+        wanted = set(filter(None, args.only.split(",")))
+        missing = wanted - {r["variant"] for r in runs}
+        if missing:
+            raise SystemExit(f"--only {args.only}: no runs of {', '.join(sorted(missing))} in these results")
+        runs = [r for r in runs if r["variant"] in wanted]
         forests.update({k: v for k, v in result["forests"].items() if v})
     scores = ratios(runs, forests)
     datasets = list(dict.fromkeys(d for d, _ in scores))
