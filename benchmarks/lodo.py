@@ -51,13 +51,13 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.results:
         result = json.loads(path.read_text())
         runs += result["runs"]
+        forests.update({k: v for k, v in result["forests"].items() if v})
     if args.only:
         wanted = set(filter(None, args.only.split(",")))
         missing = wanted - {r["variant"] for r in runs}
         if missing:
             raise SystemExit(f"--only {args.only}: no runs of {', '.join(sorted(missing))} in these results")
         runs = [r for r in runs if r["variant"] in wanted]
-        forests.update({k: v for k, v in result["forests"].items() if v})
     scores = ratios(runs, forests)
     datasets = list(dict.fromkeys(d for d, _ in scores))
     variants = list(dict.fromkeys(v for _, v in scores))
