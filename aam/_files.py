@@ -49,24 +49,64 @@ def staged_folder(out: Path):
 
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write `data` to `path` all at once: a reader sees the old file or the new one, never half
-    of it, and a crash leaves at most a hidden temp file beside it, never a truncated `path`.
+    of it, and a crash leaves at most a hidden temp file beside it, never a truncated `path`."""
+    with WholeFile(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
 
-    The temp file is in the same folder (so the rename stays on one filesystem) and is fsynced
-    before the rename, so the new name never points at bytes the disk has not got yet."""
-    path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; an output gets the user's usual mode
-        os.replace(tmp, path)
-    except BaseException:
+
+class WholeFile(io.RawIOBase):
+    """A file opened for writing that appears under `path` only when it is closed whole.
+
+    It is written as a hidden temp file in the same folder (so the rename stays on one
+    filesystem), fsynced, then renamed over `path`: a process killed while writing leaves the old
+    `path` (or none) and a temp file, never a truncated `path`. Leaving a `with` block by an
+    exception discards it. `close()` alone commits: pyarrow closes the streams it copies into."""
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.path = Path(path)
+        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self._file = os.fdopen(fd, "wb")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        return self._file.write(data)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def flush(self) -> None:
+        if not self._file.closed:  # IOBase.close flushes too, after the temp file is closed
+            self._file.flush()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())  # the new name never points at bytes the disk has not got
+            self._file.close()
+            os.chmod(self._tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; an output gets the user's usual mode
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        finally:
+            super().close()
+
+    def discard(self) -> None:
+        self._file.close()
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+            os.unlink(self._tmp)
+        super().close()
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.discard()
 
 
 def _read_umask() -> int:

@@ -35,6 +35,7 @@ from ray.tune import Callback
 
 from aam._files import atomic_write
 from aam._ray_internals import PICKLED_STATE, driver_staging_folder, experiment_folder
+from aam.distributed._storage import WholeFilesFileSystem
 from aam.errors import AamUserError
 
 SIGNATURE_FILE = "aam-state-signatures.json"
@@ -183,22 +184,22 @@ def _unsigned(experiment: Path, path: Path, log: dict) -> AamUserError:
 def pinned_state_filesystem(experiment: Path, private: Path):
     """The local filesystem, except that Tune's state files at the top of `experiment` are read
     from the verified copy in `private` (Tune's restore reads them through its storage filesystem:
-    tuner.pkl, the newest experiment state, the searcher's snapshots). Everything else, and every
-    write, goes to the experiment folder as usual."""
+    tuner.pkl, the newest experiment state, the searcher's snapshots). Everything else is read
+    from the experiment folder, and every write goes there, each file whole (`whole_files_filesystem`)."""
     return _pafs.PyFileSystem(PinnedStateFileSystem(str(Path(experiment).resolve()), str(private)))
 
 
-class PinnedStateFileSystem(_pafs.FileSystemHandler):
+class PinnedStateFileSystem(WholeFilesFileSystem):
     """See `pinned_state_filesystem`. Picklable (Tune sends its storage filesystem to trials)."""
 
     def __init__(self, experiment: str, private: str):
+        super().__init__()
         self.experiment, self.private = experiment, private
-        self.local = _pafs.LocalFileSystem()
 
     def __reduce__(self):
         return PinnedStateFileSystem, (self.experiment, self.private)
 
-    def _pinned(self, path: str) -> str:
+    def _source(self, path: str) -> str:
         """The private copy that stands for `path`, or `path` itself."""
         folder, _, name = path.rstrip("/").rpartition("/")
         if folder == self.experiment and os.path.isfile(os.path.join(self.private, name)):
@@ -207,50 +208,3 @@ class PinnedStateFileSystem(_pafs.FileSystemHandler):
 
     def get_type_name(self):
         return "aam-pinned-state"
-
-    def normalize_path(self, path):
-        return self.local.normalize_path(path)
-
-    def equals(self, other):
-        return isinstance(other, PinnedStateFileSystem) and (other.experiment, other.private) == (
-            self.experiment, self.private)
-
-    def get_file_info(self, paths):
-        infos = self.local.get_file_info([self._pinned(p) for p in paths])
-        return [_pafs.FileInfo(p, i.type, size=i.size, mtime=i.mtime) for p, i in zip(paths, infos)]
-
-    def get_file_info_selector(self, selector):
-        return self.local.get_file_info(selector)
-
-    def open_input_stream(self, path):
-        return self.local.open_input_stream(self._pinned(path))
-
-    def open_input_file(self, path):
-        return self.local.open_input_file(self._pinned(path))
-
-    def copy_file(self, src, dest):
-        self.local.copy_file(self._pinned(src), dest)
-
-    def create_dir(self, path, recursive):
-        self.local.create_dir(path, recursive=recursive)
-
-    def delete_dir(self, path):
-        self.local.delete_dir(path)
-
-    def delete_dir_contents(self, path, missing_dir_ok=False):
-        self.local.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-    def delete_root_dir_contents(self):
-        self.local.delete_root_dir_contents()
-
-    def delete_file(self, path):
-        self.local.delete_file(path)
-
-    def move(self, src, dest):
-        self.local.move(src, dest)
-
-    def open_output_stream(self, path, metadata):
-        return self.local.open_output_stream(path, metadata=metadata)
-
-    def open_append_stream(self, path, metadata):
-        return self.local.open_append_stream(path, metadata=metadata)

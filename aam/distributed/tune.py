@@ -18,7 +18,7 @@ import yaml
 from aam._files import mark_output, remove_work_folder
 from aam.config import DATASET_NAMED_FIELDS, RunConfig, check_dataset_value
 from aam.distributed._resume_repair import mend_killed_experiment
-from aam.distributed._storage import storage_join, write_text
+from aam.distributed._storage import storage_join, whole_files_filesystem, write_text
 from aam.distributed.cluster import ray_runtime
 # Tune pickles the run config's callbacks into tuner.pkl under their module's name: an experiment
 # started when ProgressPrinter lived in this module finds it here when it is resumed.
@@ -113,7 +113,10 @@ def _new_tuner(space: SearchSpace, shared: RunConfig, experiment: Path | str, tr
         ),
         run_config=ray.tune.RunConfig(
             name=space.name,
-            storage_path=space.storage_path,
+            # on local disk, every file Tune copies into the experiment appears only when whole: a
+            # driver killed mid-copy leaves the previous experiment state, never a truncated one
+            storage_path=str(local.parent.resolve()) if local else space.storage_path,
+            storage_filesystem=whole_files_filesystem() if local else None,
             verbose=0,
             # trial folders get config.json: sync it with each checkpoint
             sync_config=ray.tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True),
