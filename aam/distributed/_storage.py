@@ -48,7 +48,9 @@ def whole_files_filesystem():
 
 
 class WholeFilesFileSystem(pafs.FileSystemHandler):
-    """See `whole_files_filesystem`. Picklable (Tune sends its storage filesystem to trials)."""
+    """See `whole_files_filesystem`. Picklable (Tune sends its storage filesystem to trials and
+    pickles it into tuner.pkl: moving this class means answering its old name on resume, as
+    `tune._OLD_MODULE_NAMES` does for the search space)."""
 
     def __init__(self):
         self.local = pafs.LocalFileSystem()
