@@ -28,9 +28,7 @@ def write_text(folder: Path | str, name: str, text: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / name, text)
         return
-    import pyarrow.fs
-
-    fs, root = pyarrow.fs.FileSystem.from_uri(folder)
+    fs, root = pafs.FileSystem.from_uri(folder)
     fs.create_dir(root, recursive=True)
     with fs.open_output_stream(f"{root}/{name}") as out:
         out.write(text.encode())

@@ -10,7 +10,7 @@ import pyarrow.fs as pafs
 from aam.distributed._storage import whole_files_filesystem
 
 # A writer killed half-way through a file, the way a SIGKILL meets Tune's copy of its experiment
-# state: FS names the filesystem it writes through.
+# state: its second argument, "whole" or "local", names the filesystem it writes through.
 HALF_WRITTEN = """
 import sys, time
 import pyarrow.fs as pafs
