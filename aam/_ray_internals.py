@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -156,14 +157,22 @@ def driver_staging_folder(trial) -> Path:
 # --- Tune's state files in an experiment folder (aam.search.experiment, aam.distributed) --------
 EXPERIMENT_STATE = "experiment_state-{session}.json"  # the trials Tune recorded (JSON)
 SEARCH_STATE = "search_gen_state-{session}.json"  # the search generator, cloudpickled
+SEARCHER_STATE = "searcher-state-{session}.pkl"  # the searcher itself: OptunaSearch's attributes, pickled
 # every file Tune unpickles on `Tuner.restore` (what aam signs before it may be read)
 PICKLED_STATE = ("tuner.pkl", "experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json",
                  "callback-states-*.pkl")
 TRIAL_DATA = "trial_data"  # experiment state: one [trial JSON, run metadata JSON] pair per trial
+LIVE_STATUSES = ("PENDING", "RUNNING", "PAUSED")  # a recorded trial's status when a resume continues it
 COUNTER = "counter"  # search generator: how many trials it created
 LIMITER = "name:ConcurrencyLimiter"  # search generator: the limiter's attributes (max_concurrent_trials set)
 LIVE_TRIALS = "live_trials"  # limiter: the ids of trials it counts as running
 UNFINISHED_LIVE = "num_unfinished_live_trials"
+RESULT_FILE = "result.json"  # a trial's folder: one JSON line per result it reported
+STATE_ONLY_KEYS = ("experiment_tag",)  # what the experiment state's copy of a result adds to its result.json line
+# OptunaSearch's attributes: its Optuna trial per Tune trial id, its study, the trial ids it has
+# told the study the end of, the metric it tells, and the define-by-run function it samples with
+OPTUNA_TRIALS, OPTUNA_STUDY, OPTUNA_TOLD, OPTUNA_METRIC, OPTUNA_SPACE = (
+    "_ot_trials", "_ot_study", "_completed_trials", "_metric", "_space")
 
 
 def experiment_states(folder: Path) -> list[Path]:
@@ -174,6 +183,11 @@ def experiment_states(folder: Path) -> list[Path]:
 def search_states(folder: Path) -> list[Path]:
     """Tune's search-generator snapshots in `folder`, oldest first."""
     return sorted(Path(folder).glob(SEARCH_STATE.format(session="*")))
+
+
+def searcher_states(folder: Path) -> list[Path]:
+    """Tune's snapshots of the searcher in `folder`, oldest first."""
+    return sorted(Path(folder).glob(SEARCHER_STATE.format(session="*")))
 
 
 def session_files(state: Path) -> list[Path]:
@@ -187,7 +201,7 @@ def session_files(state: Path) -> list[Path]:
 
 
 def trial_records(data: dict, file: Path) -> dict[str, dict]:
-    """trial id -> {"status", "last_result"} from a parsed experiment-state file."""
+    """trial id -> {"status", "last_result", "config"} from a parsed experiment-state file."""
     out = {}
     where = f"Tune's experiment state {file.name}"
     for pair in _item(data, TRIAL_DATA, where):
@@ -196,8 +210,41 @@ def trial_records(data: dict, file: Path) -> dict[str, dict]:
         trial, runtime = json.loads(pair[0]), json.loads(pair[1])
         trial_id = _item(trial, "trial_id", f"a trial of {where}")
         out[trial_id] = {"status": _item(trial, "status", f"a trial of {where}"),
-                         "last_result": _item(runtime, "last_result", f"a trial's run metadata in {where}") or {}}
+                         "last_result": _item(runtime, "last_result", f"a trial's run metadata in {where}") or {},
+                         "config": _item(trial, "config", f"a trial of {where}")}
     return out
+
+
+def result_line(last_result: dict) -> str:
+    """The line Tune's JSON logger writes to result.json for the result an experiment state
+    records as a trial's last (`trial_records`)."""
+    return json.dumps({key: value for key, value in last_result.items() if key not in STATE_ONLY_KEYS})
+
+
+def catch_up_searcher(state: dict, file: Path, records: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """Make an OptunaSearch snapshot (`searcher_states`) know every trial an experiment state
+    records (`trial_records`), and the score of each that Tune finished; return the trial ids it
+    was given (from their configs: Optuna samples the same values again) and those it was told
+    the score of. See aam.distributed._resume_repair."""
+    where = f"Tune's searcher state {file.name}"
+    trials, study, told = (_item(state, key, where) for key in (OPTUNA_TRIALS, OPTUNA_STUDY, OPTUNA_TOLD))
+    metric, define_by_run = _item(state, OPTUNA_METRIC, where), _item(state, OPTUNA_SPACE, where)
+    given, scored = [], []
+    for trial_id, record in records.items():
+        if trial_id not in trials:
+            # the trial's config holds the values Optuna suggested (Tune's config is what
+            # define-by-run captured): enqueued, the same suggestions return them
+            study.enqueue_trial(record["config"])
+            trials[trial_id] = study.ask()
+            define_by_run(trials[trial_id])
+            given.append(trial_id)
+        score = record["last_result"].get(metric)
+        finite = isinstance(score, (int, float)) and math.isfinite(score)
+        if record["status"] == "TERMINATED" and trial_id not in told and finite:
+            study.tell(trials[trial_id], score)  # as OptunaSearch.on_trial_complete tells it
+            told.add(trial_id)
+            scored.append(trial_id)
+    return given, scored
 
 
 def search_state_trials(state: dict, file: Path, limited: bool) -> tuple[int, set[str] | None]:
@@ -210,12 +257,12 @@ def search_state_trials(state: dict, file: Path, limited: bool) -> tuple[int, se
     return counter, set(_item(_item(state, LIMITER, where), LIVE_TRIALS, f"{LIMITER} in {where}"))
 
 
-def set_search_state_trials(state: dict, file: Path, limited: bool, recorded: set[str]) -> None:
-    """Make the search generator count exactly the `recorded` trials, and its limiter hold only
-    those of its live trials that are recorded (see aam.distributed._resume_repair)."""
-    _, live = search_state_trials(state, file, limited)
-    if live is not None:  # every key checked before any is written: never half a rewrite
+def set_search_state_trials(state: dict, file: Path, limited: bool, recorded: set[str], live: set[str]) -> None:
+    """Make the search generator count exactly the `recorded` trials, and its limiter hold the
+    `live` ones (those Tune continues: `LIVE_STATUSES`) as live (see aam.distributed._resume_repair)."""
+    search_state_trials(state, file, limited)
+    if limited:  # every key checked before any is written: never half a rewrite
         _item(state[LIMITER], UNFINISHED_LIVE, f"{LIMITER} in Tune's search-generator state {file.name}")
-        state[LIMITER][LIVE_TRIALS] = live & recorded
-        state[LIMITER][UNFINISHED_LIVE] = len(live & recorded)
+        state[LIMITER][LIVE_TRIALS] = set(live)
+        state[LIMITER][UNFINISHED_LIVE] = len(live)
     state[COUNTER] = len(recorded)

@@ -116,7 +116,8 @@ def test_a_trials_failures_and_folders_come_from_tunes_trial(ray_cluster, tmp_pa
 
 # --- Tune's state files --------------------------------------------------------------------------
 def experiment_state(pairs=None, **renamed) -> dict:
-    pair = [json.dumps({"trial_id": "a1", "status": "RUNNING"}), json.dumps({"last_result": {"val_mae": 3.0}})]
+    pair = [json.dumps({"trial_id": "a1", "status": "RUNNING", "config": {"lr": 0.01}}),
+            json.dumps({"last_result": {"val_mae": 3.0}})]
     data = {door.TRIAL_DATA: [pair] if pairs is None else pairs, "runner_data": {}}
     for old, new in renamed.items():
         data[new] = data.pop(old)
@@ -125,7 +126,8 @@ def experiment_state(pairs=None, **renamed) -> dict:
 
 def test_the_experiment_state_is_read_as_tune_records_trials(tmp_path):
     file = tmp_path / "experiment_state-2026-12-05_08-00-00.json"
-    assert door.trial_records(experiment_state(), file) == {"a1": {"status": "RUNNING", "last_result": {"val_mae": 3.0}}}
+    assert door.trial_records(experiment_state(), file) == {"a1": {"status": "RUNNING", "last_result": {"val_mae": 3.0},
+                                                                   "config": {"lr": 0.01}}}
     with pytest.raises(RayLayoutChanged) as error:
         door.trial_records(experiment_state(["not a pair"]), file)
     assert "pairs" in one_line_naming_ray(error)
@@ -165,11 +167,11 @@ def test_the_search_generator_state_is_rewritten_by_its_keys(tmp_path):
     file = tmp_path / "search_gen_state-S1.json"
     state = search_state()
     assert door.search_state_trials(state, file, limited=True) == (3, {"a1", "gone"})
-    door.set_search_state_trials(state, file, limited=True, recorded={"a1", "a2"})
+    door.set_search_state_trials(state, file, limited=True, recorded={"a1", "a2"}, live={"a1"})
     assert state[door.COUNTER] == 2 and state[door.LIMITER][door.LIVE_TRIALS] == {"a1"}
     assert state[door.LIMITER][door.UNFINISHED_LIVE] == 1 and set(state) == set(search_state())  # no stray key
     unlimited = {door.COUNTER: 3}
-    door.set_search_state_trials(unlimited, file, limited=False, recorded={"a1"})
+    door.set_search_state_trials(unlimited, file, limited=False, recorded={"a1"}, live={"a1"})
     assert unlimited == {door.COUNTER: 1}
 
 
@@ -180,7 +182,8 @@ def test_a_renamed_key_of_the_search_generator_state_fails_in_one_line(tmp_path,
     state = search_state(**{old: new})
     before = cloudpickle.dumps(state)
     with pytest.raises(RayLayoutChanged) as error:
-        door.set_search_state_trials(state, tmp_path / "search_gen_state-S1.json", limited=True, recorded={"a1"})
+        door.set_search_state_trials(state, tmp_path / "search_gen_state-S1.json", limited=True, recorded={"a1"},
+                                     live={"a1"})
     assert f"'{old}'" in one_line_naming_ray(error)
     assert cloudpickle.dumps(state) == before  # nothing half-rewritten
 
@@ -207,7 +210,8 @@ def test_resume_of_a_search_state_with_a_renamed_key_fails_in_one_line_and_chang
 
 def test_no_module_but_the_door_names_rays_private_state():
     private = re.compile(r"ray\._private|_base_exc|_enable_token_auth|\._internal|live_trials|ConcurrencyLimiter|"
-                         r"num_unfinished|run_metadata|_getframe|f_locals|\.storage\.|['\"]counter['\"]|trial_data")
+                         r"num_unfinished|run_metadata|_getframe|f_locals|\.storage\.|['\"]counter['\"]|trial_data|"
+                         r"_ot_trials|_ot_study|_completed_trials")
     found = [f"{path.relative_to(REPO)}:{n}" for path in sorted((REPO / "aam").rglob("*.py"))
              if path.name != "_ray_internals.py"
              for n, line in enumerate(path.read_text().splitlines(), 1)

@@ -8,23 +8,30 @@ one line when a Ray release has moved it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
 
 from aam._files import atomic_write
 from aam._ray_internals import (
+    LIVE_STATUSES,
+    RESULT_FILE,
+    catch_up_searcher,
     experiment_states,
+    result_line,
     search_state_trials,
     search_states,
+    searcher_states,
     session_files,
     set_search_state_trials,
 )
 from aam.distributed.state_signature import sign_state, verified_private_copy
 from aam.errors import AamUserError
-from aam.search import SPACE_FILE, cut_short_state, recorded_trial_ids, unrecorded_trials
+from aam.search import SPACE_FILE, TIME_ATTR, cut_short_state, recorded_trials, unrecorded_trials
 
 UNRECORDED_DIR = "unrecorded"  # what a resume sets aside: kept for the user, out of Tune's way
+RESULTS_ASIDE = "results"  # in UNRECORDED_DIR: a trial's result.json as it was before epochs were taken out
 
 
 def mend_killed_experiment(experiment: Path) -> Path:
@@ -33,15 +40,18 @@ def mend_killed_experiment(experiment: Path) -> Path:
 
     After it: the newest set of Tune's state files is whole, every pickle in it was signed by
     this user's aam (checked on the bytes of the private copy, which are the bytes unpickled here
-    and by `Tuner.restore`), every trial folder is one Tune recorded, and the search generator
-    counts exactly those trials.
+    and by `Tuner.restore`), every trial folder is one Tune recorded, the search generator
+    counts exactly those trials, the searcher knows them, and each trial's result.json holds the
+    epochs the state records.
     """
     _set_aside_cut_short_state(experiment)
     private = verified_private_copy(experiment)
-    recorded = recorded_trial_ids(experiment)
-    if recorded is not None:
-        _set_aside_unrecorded(experiment, recorded)
-        _reconcile_search_state(experiment, private, recorded)
+    records = recorded_trials(experiment)
+    if records is not None:
+        _set_aside_unrecorded(experiment, set(records))
+        _reconcile_search_state(experiment, private, records)
+        _catch_up_searcher(experiment, private, records)
+        _match_results_to_state(experiment, records)
     return private
 
 
@@ -93,15 +103,17 @@ def _set_aside_unrecorded(experiment: Path, recorded: set[str]) -> None:
           flush=True)
 
 
-def _reconcile_search_state(experiment: Path, private: Path, recorded: set[str]) -> None:
+def _reconcile_search_state(experiment: Path, private: Path, records: dict[str, dict]) -> None:
     """Make Tune's search-generator snapshot agree with its experiment state on which trials exist.
 
     Tune writes the two in one save but copies them to the storage path in the background, file
     by file, while the next save may already rewrite them, so a killed driver can leave a
     generator that counted a trial the experiment state never listed. Resumed as they are, the
     search would run fewer trials than num_samples, and the concurrency limiter would hold a slot
-    for that trial for the rest of the search. Rewritten here, the generator's count is the
-    recorded trials and the limiter's live trials are recorded ones only.
+    for that trial for the rest of the search; a generator a save behind the state leaves out of
+    the limiter a recorded trial Tune continues, whose end the limiter then never passes on to the
+    searcher. Rewritten here, the generator's count is the recorded trials and the limiter's live
+    trials are the recorded ones Tune continues.
     """
     import ray.cloudpickle as cloudpickle
 
@@ -113,13 +125,117 @@ def _reconcile_search_state(experiment: Path, private: Path, recorded: set[str])
     state = cloudpickle.loads((private / newest.name).read_bytes())
     limited = _limits_concurrency(experiment)
     counter, live = search_state_trials(state, newest, limited)
-    if counter == len(recorded) and (live is None or live <= recorded):
+    continued = {trial_id for trial_id, record in records.items() if record["status"] in LIVE_STATUSES}
+    if counter == len(records) and (live is None or live == continued):
         return
-    set_search_state_trials(state, newest, limited, recorded)
+    set_search_state_trials(state, newest, limited, set(records), continued)
     mended = cloudpickle.dumps(state)
     atomic_write(newest, mended)
     atomic_write(private / newest.name, mended)  # what Tune restores from
     sign_state(experiment, experiment, [newest.name])
+
+
+def _catch_up_searcher(experiment: Path, private: Path, records: dict[str, dict]) -> None:
+    """Make Tune's searcher snapshot know every trial its experiment state records, and the
+    score of each finished one.
+
+    The same background copy that can leave the search generator a save behind can leave the
+    searcher's snapshot behind the experiment state. Resumed as it is, the searcher fails on
+    the first result of a recorded trial it never sampled (OptunaSearch raised KeyError on its
+    trial id), and Optuna never learns the scores of the trials that finished after it.
+    """
+    import pickle
+
+    from aam.search import quiet_optuna
+
+    snapshots = searcher_states(experiment)
+    if not snapshots:
+        return
+    newest = snapshots[-1]
+    # the verified copy's bytes, as in _reconcile_search_state; Tune reads this file with pickle
+    state = pickle.loads((private / newest.name).read_bytes())
+    with quiet_optuna():
+        given, scored = catch_up_searcher(state, newest, records)
+    if not (given or scored):
+        return
+    mended = pickle.dumps(state)
+    atomic_write(newest, mended)
+    atomic_write(private / newest.name, mended)
+    sign_state(experiment, experiment, [newest.name])
+    said = []
+    if given:
+        said.append(f"{_trials(given)} in Tune's experiment state but not in its searcher's snapshot, copied before "
+                    f"them when the search was stopped: given to the searcher with their sampled values")
+    if scored:
+        said.append(f"the searcher told the scores of {_trials(scored)}, which finished after its snapshot")
+    print("; ".join(said), flush=True)
+
+
+def _trials(ids: list[str]) -> str:
+    return ", ".join(f"trial_{i}" for i in ids)
+
+
+def _match_results_to_state(experiment: Path, records: dict[str, dict]) -> None:
+    """Make each recorded trial's result.json hold the epochs Tune's experiment state says it
+    reported: no fewer, no more.
+
+    Tune's driver writes result.json in a staging folder and copies it into the experiment with
+    the state, in the background, file by file: a driver killed mid-copy can leave the two from
+    different saves. A state ahead of the file records a finished trial whose last epoch the file
+    lacks, and Tune never runs a finished trial again; it is put back from the state's copy of
+    that result. A state behind the file restarts a trial from an earlier checkpoint, and the
+    epochs after it would be written twice; they are taken out (the old file is kept aside).
+    """
+    for trial_id, record in records.items():
+        file = experiment / f"trial_{trial_id}" / RESULT_FILE
+        if not file.is_file():
+            continue
+        lines = _result_lines(file)
+        reported = record["last_result"].get(TIME_ATTR) or 0
+        kept = [(epoch, line) for epoch, line in lines if epoch <= reported]
+        have = kept[-1][0] if kept else 0
+        if have < reported:
+            kept.append((reported, result_line(record["last_result"])))
+        if kept == lines:
+            continue
+        if len(kept) < len(lines):
+            aside = experiment / UNRECORDED_DIR / RESULTS_ASIDE
+            aside.mkdir(parents=True, exist_ok=True)
+            atomic_write(aside / f"{file.parent.name}.json", file.read_bytes())
+        atomic_write(file, "".join(line + "\n" for _, line in kept))
+        print(f"{file.parent.name}: {_what_changed(lines, kept, have, reported)}", flush=True)
+
+
+def _result_lines(file: Path) -> list[tuple[int, str]]:
+    """(epoch, line) of each whole result in result.json; a line cut short by a kill is left out."""
+    out = []
+    for line in file.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            continue
+        if isinstance(row, dict) and isinstance(row.get(TIME_ATTR), int):
+            out.append((row[TIME_ATTR], line))
+    return out
+
+
+def _what_changed(lines: list[tuple[int, str]], kept: list[tuple[int, str]], have: int, reported: int) -> str:
+    said = []
+    dropped = sorted({epoch for epoch, _ in lines} - {epoch for epoch, _ in kept})
+    if dropped:
+        said.append(f"epochs {_span(dropped)} of its result.json come after the last one Tune's state records, "
+                    f"which Tune resumes it from: taken out, as Tune runs them again (the old file is in "
+                    f"{UNRECORDED_DIR}/{RESULTS_ASIDE}/)")
+    if have < reported:
+        said.append(f"its result.json lacked epoch {reported}, which Tune's state records (the stop cut the file's "
+                    f"copy short); put back from the state")
+        if reported - have > 1:
+            said.append(f"epochs {_span(list(range(have + 1, reported)))} are lost from its curve")
+    return "; ".join(said)
+
+
+def _span(epochs: list[int]) -> str:
+    return str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
 
 
 def _limits_concurrency(experiment: Path) -> bool:

@@ -7,7 +7,7 @@
   `resolve_trial` for `EXPERIMENT` (its best trial) or `EXPERIMENT/TRIAL`.
 - `write_report(path)`: the leaderboard, plots and curves of an experiment as one HTML page.
 - What the Tune driver records beside Tune's own files (`mark_failed`, `clear_failed`) and reads
-  back to mend a killed search (`recorded_trial_ids`, `unrecorded_trials`, `cut_short_state`).
+  back to mend a killed search (`recorded_trials`, `recorded_trial_ids`, `unrecorded_trials`, `cut_short_state`).
 """
 
 from aam.search.experiment import (
@@ -22,6 +22,7 @@ from aam.search.experiment import (
     mark_failed,
     read_experiment,
     recorded_trial_ids,
+    recorded_trials,
     resolve_trial,
     unrecorded_trials,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "quiet_optuna",
     "read_experiment",
     "recorded_trial_ids",
+    "recorded_trials",
     "resolve_trial",
     "unrecorded_trials",
     "write_report",

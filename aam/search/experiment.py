@@ -174,7 +174,7 @@ def read_experiment(path: str | Path) -> Experiment:
     space = read_space_file(path)
     metric, mode = space["objective"]["metric"], space["objective"]["mode"]
     damaged: list[str] = []
-    states = _trial_states(path) or {}
+    states = recorded_trials(path) or {}
     trials = []
     for trial_dir in _trial_dirs(path):
         trial_id = trial_dir.name.removeprefix("trial_")
@@ -214,7 +214,7 @@ def resolve_trial(spec: str | Path) -> Trial:
 
 def recorded_trial_ids(path: Path) -> set[str] | None:
     """The trials Tune's newest experiment state lists; None when there is no readable state."""
-    states = _trial_states(path)
+    states = recorded_trials(path)
     return None if states is None else set(states)
 
 
@@ -290,8 +290,9 @@ def _newest_state(path: Path) -> tuple[Path | None, dict | None]:
         return files[-1], None
 
 
-def _trial_states(path: Path) -> dict[str, dict] | None:
-    """Tune's record of each trial, from its newest experiment state; None when there is none to read."""
+def recorded_trials(path: Path) -> dict[str, dict] | None:
+    """Tune's record of each trial ({"status", "last_result", "config"} by trial id), from its newest
+    experiment state; None when there is none to read."""
     file, data = _newest_state(path)
     if data is None:  # none, or cut short: the trials' own files still tell
         return None

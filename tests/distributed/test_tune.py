@@ -170,6 +170,35 @@ def test_resume_reconciles_a_search_generator_that_counted_an_unrecorded_trial(e
     assert fixed["counter"] == 6 and "neverrecorded" not in fixed["name:ConcurrencyLimiter"]["live_trials"]
 
 
+def test_resume_makes_each_result_json_hold_the_epochs_tunes_state_records(experiment, tmp_path):
+    # what a kill during Tune's background copy can leave: result.json and the state from different saves
+    copy = tmp_path / "small"
+    shutil.copytree(experiment, copy)
+    trials = read_experiment(copy).trials
+    behind = next(t for t in trials if t.status == "finished")  # its file lost its last epoch
+    ahead = next(t for t in trials if t is not behind)  # its file holds an epoch the state never recorded
+    behind_lines = (behind.path / "result.json").read_text().splitlines()
+    (behind.path / "result.json").write_text("\n".join(behind_lines[:-1]) + "\n")
+    ahead_lines = (ahead.path / "result.json").read_text().splitlines()
+    extra = json.loads(ahead_lines[-1])
+    extra.update(training_iteration=extra["training_iteration"] + 1, epoch=extra["epoch"] + 1)
+    (ahead.path / "result.json").write_text("\n".join([*ahead_lines, json.dumps(extra)]) + "\n")
+    assert read_experiment(copy).trial(behind.trial_id).status == "stopped early"  # as a kill leaves it
+
+    result = CliRunner().invoke(app, ["tune", "--resume", str(copy)])
+    assert result.exit_code == 0, result.output
+    resumed = read_experiment(copy)
+    assert [t.status for t in resumed.trials] == [t.status for t in trials]
+    assert [t.best for t in resumed.trials] == pytest.approx([t.best for t in trials])
+    put_back = json.loads((behind.path / "result.json").read_text().splitlines()[-1])
+    assert {**put_back, "done": None} == {**json.loads(behind_lines[-1]), "done": None}
+    assert f"{behind.path.name}: its result.json lacked epoch {behind.epochs_done}, which Tune's state" in result.output
+    assert (ahead.path / "result.json").read_text().splitlines() == ahead_lines
+    kept = copy / "unrecorded" / "results" / f"{ahead.path.name}.json"
+    assert kept.read_text().splitlines() == [*ahead_lines, json.dumps(extra)]  # taken out, not deleted
+    assert f"{ahead.path.name}: epochs {extra['epoch']} of its result.json come after" in result.output
+
+
 def test_a_second_search_under_an_existing_name_is_refused_with_a_pointer_to_resume(experiment, small_space_file,
                                                                                     folder_hash):
     before = folder_hash(experiment)

@@ -84,8 +84,8 @@ def test_a_search_killed_with_sigkill_resumes_without_losing_or_rerunning_trials
     assert bests and all(b <= best_before * (1 + 1e-3) for b in bests), (best_before, resumed.stdout[:2000])
     result = read_experiment(experiment)
     assert len(result.trials) == 6
-    assert [t.status for t in result.trials] == ["finished"] * 6
     after = reported_epochs(experiment)
+    assert [t.status for t in result.trials] == ["finished"] * 6, (before, after, resumed.stdout[:3000])
     # a trial started in Tune's last second before the kill is set aside, said, and had no epoch to lose
     unrecorded = sorted(p.name for p in (experiment / "unrecorded").glob("trial_*"))
     assert set(before) <= set(after) | set(unrecorded), (before, after, unrecorded)
