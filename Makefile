@@ -32,7 +32,7 @@ demo: setup
 # The suite starts its own local Ray (own temp dir, own ports) and stops only that one: a Ray
 # you run in another terminal keeps running.
 test: setup
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 clean-demo:
 	rm -rf $(DEMO)
