@@ -201,7 +201,7 @@ def session_files(state: Path) -> list[Path]:
 
 
 def trial_records(data: dict, file: Path) -> dict[str, dict]:
-    """trial id -> {"status", "last_result", "config"} from a parsed experiment-state file."""
+    """trial id -> {"status", "last_result", "config" (None where absent)} from a parsed experiment-state file."""
     out = {}
     where = f"Tune's experiment state {file.name}"
     for pair in _item(data, TRIAL_DATA, where):
@@ -211,7 +211,7 @@ def trial_records(data: dict, file: Path) -> dict[str, dict]:
         trial_id = _item(trial, "trial_id", f"a trial of {where}")
         out[trial_id] = {"status": _item(trial, "status", f"a trial of {where}"),
                          "last_result": _item(runtime, "last_result", f"a trial's run metadata in {where}") or {},
-                         "config": _item(trial, "config", f"a trial of {where}")}
+                         "config": trial.get("config")}  # read only by catch_up_searcher, which checks it
     return out
 
 
@@ -234,6 +234,8 @@ def catch_up_searcher(state: dict, file: Path, records: dict[str, dict]) -> tupl
         if trial_id not in trials:
             # the trial's config holds the values Optuna suggested (Tune's config is what
             # define-by-run captured): enqueued, the same suggestions return them
+            if not isinstance(record["config"], dict):
+                raise missing(f"the key 'config' of trial {trial_id} in Tune's experiment state")
             study.enqueue_trial(record["config"])
             trials[trial_id] = study.ask()
             define_by_run(trials[trial_id])

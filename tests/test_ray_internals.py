@@ -217,3 +217,33 @@ def test_no_module_but_the_door_names_rays_private_state():
              for n, line in enumerate(path.read_text().splitlines(), 1)
              if private.search(line)]
     assert not found, found
+
+
+def searcher_state() -> dict:
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    return {door.OPTUNA_TRIALS: {}, door.OPTUNA_STUDY: study, door.OPTUNA_TOLD: set(), door.OPTUNA_METRIC: "val_mae",
+            door.OPTUNA_SPACE: lambda trial: {"lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True)}}
+
+
+@pytest.mark.parametrize("key", ["_ot_trials", "_ot_study", "_completed_trials", "_metric", "_space"])
+def test_a_renamed_key_of_the_searcher_state_fails_in_one_line(tmp_path, key):
+    state = searcher_state()
+    state[f"{key}_renamed"] = state.pop(key)
+    records = {"a1": {"status": "TERMINATED", "last_result": {"val_mae": 3.0}, "config": {"lr": 1e-3}}}
+    with pytest.raises(RayLayoutChanged) as error:
+        door.catch_up_searcher(state, tmp_path / "searcher-state-S1.pkl", records)
+    assert f"'{key}'" in one_line_naming_ray(error)
+
+
+def test_a_searcher_catch_up_needs_each_trials_config(tmp_path):
+    state = searcher_state()
+    records = {"a1": {"status": "RUNNING", "last_result": {}, "config": None}}
+    with pytest.raises(RayLayoutChanged) as error:
+        door.catch_up_searcher(state, tmp_path / "searcher-state-S1.pkl", records)
+    assert "'config'" in one_line_naming_ray(error) and "a1" in one_line_naming_ray(error)
+    records = {"a1": {"status": "TERMINATED", "last_result": {"val_mae": 3.0}, "config": {"lr": 1e-3}}}
+    assert door.catch_up_searcher(state, tmp_path / "searcher-state-S1.pkl", records) == (["a1"], ["a1"])
+    [trial] = state[door.OPTUNA_STUDY].trials
+    assert trial.params == {"lr": 1e-3} and trial.value == 3.0
