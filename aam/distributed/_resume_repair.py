@@ -8,7 +8,6 @@ one line when a Ray release has moved it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
@@ -28,7 +27,7 @@ from aam._ray_internals import (
 )
 from aam.distributed.state_signature import sign_state, verified_private_copy
 from aam.errors import AamUserError
-from aam.search import SPACE_FILE, TIME_ATTR, cut_short_state, recorded_trials, unrecorded_trials
+from aam.search import SPACE_FILE, TIME_ATTR, cut_short_state, recorded_trials, result_rows, unrecorded_trials
 
 UNRECORDED_DIR = "unrecorded"  # what a resume sets aside: kept for the user, out of Tune's way
 RESULTS_ASIDE = "results"  # in UNRECORDED_DIR: a trial's result.json as it was before epochs were taken out
@@ -129,10 +128,14 @@ def _reconcile_search_state(experiment: Path, private: Path, records: dict[str, 
     if counter == len(records) and (live is None or live == continued):
         return
     set_search_state_trials(state, newest, limited, set(records), continued)
-    mended = cloudpickle.dumps(state)
-    atomic_write(newest, mended)
-    atomic_write(private / newest.name, mended)  # what Tune restores from
-    sign_state(experiment, experiment, [newest.name])
+    _write_snapshot(experiment, private, newest, cloudpickle.dumps(state))
+
+
+def _write_snapshot(experiment: Path, private: Path, snapshot: Path, mended: bytes) -> None:
+    """A mended state snapshot, in the experiment and in the private copy Tune restores from, signed."""
+    atomic_write(snapshot, mended)
+    atomic_write(private / snapshot.name, mended)
+    sign_state(experiment, experiment, [snapshot.name])
 
 
 def _catch_up_searcher(experiment: Path, private: Path, records: dict[str, dict]) -> None:
@@ -158,10 +161,7 @@ def _catch_up_searcher(experiment: Path, private: Path, records: dict[str, dict]
         given, scored = catch_up_searcher(state, newest, records)
     if not (given or scored):
         return
-    mended = pickle.dumps(state)
-    atomic_write(newest, mended)
-    atomic_write(private / newest.name, mended)
-    sign_state(experiment, experiment, [newest.name])
+    _write_snapshot(experiment, private, newest, pickle.dumps(state))
     said = []
     if given:
         said.append(f"{_trials(given)} in Tune's experiment state but not in its searcher's snapshot, copied before "
@@ -190,7 +190,9 @@ def _match_results_to_state(experiment: Path, records: dict[str, dict]) -> None:
         file = experiment / f"trial_{trial_id}" / RESULT_FILE
         if not file.is_file():
             continue
-        lines = _result_lines(file)
+        old = file.read_bytes()
+        lines = [(row[TIME_ATTR], line) for row, line in result_rows(old.decode(errors="replace"))
+                 if isinstance(row.get(TIME_ATTR), int)]
         reported = record["last_result"].get(TIME_ATTR) or 0
         kept = [(epoch, line) for epoch, line in lines if epoch <= reported]
         have = kept[-1][0] if kept else 0
@@ -201,22 +203,9 @@ def _match_results_to_state(experiment: Path, records: dict[str, dict]) -> None:
         if len(kept) < len(lines):
             aside = experiment / UNRECORDED_DIR / RESULTS_ASIDE
             aside.mkdir(parents=True, exist_ok=True)
-            atomic_write(aside / f"{file.parent.name}.json", file.read_bytes())
+            atomic_write(aside / f"{file.parent.name}.json", old)
         atomic_write(file, "".join(line + "\n" for _, line in kept))
         print(f"{file.parent.name}: {_what_changed(lines, kept, have, reported)}", flush=True)
-
-
-def _result_lines(file: Path) -> list[tuple[int, str]]:
-    """(epoch, line) of each whole result in result.json; a line cut short by a kill is left out."""
-    out = []
-    for line in file.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            continue
-        if isinstance(row, dict) and isinstance(row.get(TIME_ATTR), int):
-            out.append((row[TIME_ATTR], line))
-    return out
 
 
 def _what_changed(lines: list[tuple[int, str]], kept: list[tuple[int, str]], have: int, reported: int) -> str:

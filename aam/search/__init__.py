@@ -7,7 +7,7 @@
   `resolve_trial` for `EXPERIMENT` (its best trial) or `EXPERIMENT/TRIAL`.
 - `write_report(path)`: the leaderboard, plots and curves of an experiment as one HTML page.
 - What the Tune driver records beside Tune's own files (`mark_failed`, `clear_failed`) and reads
-  back to mend a killed search (`recorded_trials`, `recorded_trial_ids`, `unrecorded_trials`, `cut_short_state`).
+  back to mend a killed search (`recorded_trials`, `unrecorded_trials`, `result_rows`, `cut_short_state`).
 """
 
 from aam.search.experiment import (
@@ -21,9 +21,9 @@ from aam.search.experiment import (
     load_experiment_space,
     mark_failed,
     read_experiment,
-    recorded_trial_ids,
     recorded_trials,
     resolve_trial,
+    result_rows,
     unrecorded_trials,
 )
 from aam.search.report import write_report
@@ -44,9 +44,9 @@ __all__ = [
     "mark_failed",
     "quiet_optuna",
     "read_experiment",
-    "recorded_trial_ids",
     "recorded_trials",
     "resolve_trial",
+    "result_rows",
     "unrecorded_trials",
     "write_report",
 ]

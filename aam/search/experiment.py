@@ -212,14 +212,8 @@ def resolve_trial(spec: str | Path) -> Trial:
     raise AamUserError(f"{spec}: neither an experiment folder (STORAGE/NAME) nor a trial in one (STORAGE/NAME/TRIAL)")
 
 
-def recorded_trial_ids(path: Path) -> set[str] | None:
-    """The trials Tune's newest experiment state lists; None when there is no readable state."""
-    states = recorded_trials(path)
-    return None if states is None else set(states)
-
-
 def unrecorded_trials(path: Path, recorded: set[str]) -> list[Trial]:
-    """Trial folders that Tune's experiment state (`recorded_trial_ids`) does not list.
+    """Trial folders that Tune's experiment state (`recorded_trials`) does not list.
 
     Tune saves that state about once a second (TUNE_GLOBAL_CHECKPOINT_S). A driver killed within
     the second after it started a trial leaves the trial's folder without the record, and a
@@ -309,6 +303,20 @@ def _history(result_file: Path, damaged: list[str] | None = None) -> list[dict]:
     except (OSError, UnicodeDecodeError) as e:
         _note(damaged, f"{result_file}: not readable ({type(e).__name__}); its trial is listed without scores")
         return []
+    rows, odd = _parse_results(text)
+    if odd:
+        _note(damaged, f"{result_file}: {odd} line(s) that are not a JSON object were left out")
+    return [row for row, _ in rows]
+
+
+def result_rows(text: str) -> list[tuple[dict, str]]:
+    """(result, its line) for each line of a result.json's `text` that reads as a JSON object; a
+    line cut short by a killed driver is left out."""
+    return _parse_results(text)[0]
+
+
+def _parse_results(text: str) -> tuple[list[tuple[dict, str]], int]:
+    """`result_rows`, and how many lines were whole JSON but not an object."""
     rows, odd = [], 0
     for line in text.splitlines():
         line = line.strip()
@@ -318,12 +326,10 @@ def _history(result_file: Path, damaged: list[str] | None = None) -> list[dict]:
             except (json.JSONDecodeError, RecursionError):  # a line cut short by a killed driver
                 continue
             if isinstance(row, dict):
-                rows.append(row)
+                rows.append((row, line))
             else:
                 odd += 1
-    if odd:
-        _note(damaged, f"{result_file}: {odd} line(s) that are not a JSON object were left out")
-    return rows
+    return rows, odd
 
 
 def _config(trial_dir: Path, damaged: list[str] | None = None) -> dict:

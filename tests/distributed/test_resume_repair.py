@@ -14,7 +14,7 @@ import pytest
 import ray.cloudpickle as cloudpickle
 
 from aam import _ray_internals as tune_files
-from aam.search import read_experiment, recorded_trial_ids
+from aam.search import read_experiment, recorded_trials
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def test_the_experiment_state_lists_every_trial_by_id_and_status(small_experimen
         assert isinstance(trial["trial_id"], str) and trial["status"] == "TERMINATED"
         assert "last_result" in runtime
     records = tune_files.trial_records(json.loads(state.read_text()), state)
-    assert set(records) == recorded_trial_ids(small_experiment) == {t.trial_id for t in read_experiment(
+    assert set(records) == set(recorded_trials(small_experiment)) == {t.trial_id for t in read_experiment(
         small_experiment).trials}
     assert all(r["status"] == "TERMINATED" and r["last_result"]["training_iteration"] for r in records.values())
 
@@ -44,10 +44,10 @@ def test_a_trials_last_result_in_the_state_is_its_last_result_json_line(small_ex
 def test_the_search_generator_state_holds_the_counter_and_the_limiter_the_repair_rewrites(small_experiment):
     [snapshot] = tune_files.search_states(small_experiment)
     state = cloudpickle.loads(snapshot.read_bytes())
-    assert state[tune_files.COUNTER] == len(recorded_trial_ids(small_experiment)) == 6
+    assert state[tune_files.COUNTER] == len(recorded_trials(small_experiment)) == 6
     limiter = state[tune_files.LIMITER]  # SMALL_SPACE sets max_concurrent_trials, so Tune adds a limiter
-    assert isinstance(limiter[tune_files.LIVE_TRIALS], set) and limiter[tune_files.LIVE_TRIALS] <= recorded_trial_ids(
-        small_experiment)
+    assert isinstance(limiter[tune_files.LIVE_TRIALS], set) and limiter[tune_files.LIVE_TRIALS] <= set(recorded_trials(
+        small_experiment))
     assert isinstance(limiter[tune_files.UNFINISHED_LIVE], int)
     counter, live = tune_files.search_state_trials(state, snapshot, limited=True)
     assert counter == 6 and live == limiter[tune_files.LIVE_TRIALS]
