@@ -115,13 +115,32 @@ def rf_scores(folder: Path) -> dict:
     return {**{k: v for k, v in metrics.items() if v is not None}, "baseline": info}
 
 
+def _started_at(trial) -> float:
+    """When a trial's first epoch began (Tune's timestamp is the end of an epoch); never: last."""
+    if not trial.history:
+        return math.inf
+    first = trial.history[0]
+    return first.get("timestamp", math.inf) - first.get("time_this_iter_s", 0.0)
+
+
 def best_trial(experiment: Path) -> dict:
+    """The search's pick, its own test score at the epoch it was picked at, and how many trials the
+    search needed to find it: `best_of_first[k - 1]` is the best score among the first k trials
+    to start (what a search of k trials would have picked, had it drawn the same ones)."""
     from aam.search import read_experiment
 
     exp = read_experiment(experiment)
     best = exp.best()
+    # a trial that ran to its end (or out of patience) scored its best epoch's weights on test once,
+    # in its last row; one ASHA stopped has no test score
+    last = best.history[-1] if best.history else {}
+    started = sorted((t for t in exp.trials if not math.isnan(t.best)), key=_started_at)
+    pick = min if exp.mode == "min" else max
+    best_of_first = [pick(t.best for t in started[:k]) for k in range(1, len(started) + 1)]
     return {"trial": best.path.name, "metric": exp.metric, "score": best.best, "epoch": best.best_epoch,
-            "trials": len(exp.trials), "searched": exp.sampled(best)}
+            "trials": len(exp.trials), "searched": exp.sampled(best),
+            "test_at_best_epoch": {k: v for k, v in last.items() if k.startswith("test_")},
+            "found_at": started.index(best) + 1, "best_of_first": best_of_first}
 
 
 def run_dataset(label: str, data: Path, args, work: Path) -> dict:
@@ -194,10 +213,13 @@ def print_results(results: dict, space_name: str, train_seeds: int) -> None:
         m, f = r["model"], r["rf"]
         # the retrain's val score at its kept (best) epoch; summary.json's val_mae is the last epoch's
         retrained_val = m.get("search_trial", {}).get("retrained", m.get("val_mae"))
+        best = r["best_trial"]
         rows.append([label, m.get("test_mae"), m.get("test_r2"), f.get("test_mae"), f.get("test_r2"),
-                     r["winner_mae"], r["winner_r2"], r["best_trial"]["score"], retrained_val, f.get("val_mae")])
+                     r["winner_mae"], r["winner_r2"], best["score"], best.get("test_at_best_epoch", {}).get("test_mae"),
+                     f"{best.get('found_at')} of {best['trials']}", retrained_val, f.get("val_mae")])
     print_table(["dataset", "model test MAE", "model test R²", "RF test MAE", "RF test R²", "MAE winner",
-                 "R² winner", f"search best {metric}", f"retrained {metric}", "RF val MAE"], rows,
+                 "R² winner", f"search best {metric}", "its test MAE", "started as", f"retrained {metric}",
+                 "RF val MAE"], rows,
                 title=f"test split: tuned model ({space_name}, best trial retrained"
                       f"{f', {train_seeds} seeds' if train_seeds > 1 else ''}) vs Random Forest")
     rows = []
