@@ -33,6 +33,7 @@ its epoch on val, the forest is fitted on train only. The table gives test MAE a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -135,8 +136,7 @@ def best_trial(experiment: Path) -> dict:
     # in its last row; one ASHA stopped has no test score
     last = best.history[-1] if best.history else {}
     started = sorted((t for t in exp.trials if not math.isnan(t.best)), key=_started_at)
-    pick = min if exp.mode == "min" else max
-    best_of_first = [pick(t.best for t in started[:k]) for k in range(1, len(started) + 1)]
+    best_of_first = list(itertools.accumulate((t.best for t in started), min if exp.mode == "min" else max))
     return {"trial": best.path.name, "metric": exp.metric, "score": best.best, "epoch": best.best_epoch,
             "trials": len(exp.trials), "searched": exp.sampled(best),
             "test_at_best_epoch": {k: v for k, v in last.items() if k.startswith("test_")},
