@@ -109,7 +109,8 @@ def main() -> None:
         config_file = work / "config.json"
         config_file.write_text(json.dumps(config, indent=1))
         print(f"{label}: config from {sorted(others)}: {config}", flush=True)
-        run, rf = work / "run", Path(own["commands"]["rf"].split("--out ")[1].split()[0])
+        # quality.py's layout: KEEP/experiments/quality-LABEL beside KEEP/rf/LABEL
+        run, rf = work / "run", Path(own["experiment"]).parents[1] / "rf" / label
         folds = str(own["folds"])
         train_cmd = [aam, "train", "--config", str(config_file), "--data", own["data"], "--out", str(run),
                      "--workers", str(args.workers), "--folds", folds]
