@@ -53,10 +53,11 @@ def consensus(picks: list[dict], space: dict) -> dict:
     values this space allows (ties: the space's first listed), a field no pick sampled is left out
     (the run config's default). Conditional fields follow their parent: a field whose `when` does
     not hold for the consensus so far is dropped."""
+    from aam.search.space import when_holds
+
     config: dict = {}
     for name, spec in space.items():
-        when = spec.get("when") or {}
-        if any(config.get(parent) not in allowed for parent, allowed in when.items()):
+        if not when_holds(spec.get("when") or {}, config):
             continue
         values = [p[name] for p in picks if name in p]
         if not values:

@@ -8,6 +8,7 @@ import pytest
 from aam._yaml import load_strict
 from aam.cli.train import load_run_file
 from aam.config import RunConfig
+from aam.search.space import when_holds
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -32,8 +33,7 @@ def test_the_quality_config_is_a_point_of_the_quality_search_space():
     assert {k: config.get(k) for k in space["fixed"]} == space["fixed"]
     for name, spec in space["search"].items():
         when = spec.get("when") or {}
-        active = all(config.get(parent) in allowed for parent, allowed in when.items())
-        if not active:
+        if not when_holds(when, config):
             assert name not in config, f"{name} is set but its condition {when} does not hold"
             continue
         assert name in config, f"{name} is searched by quality.yaml but not set"
