@@ -14,6 +14,10 @@ its own embedded Ray where it needs one):
   4. ensembles aam ensemble WORK/experiments/quality-LABEL --top K [--with-baseline WORK/rf/LABEL]
                and, with --folds, aam ensemble WORK/runs/LABEL [--with-baseline WORK/rf/LABEL]
 
+With --config RUN.yaml in place of --space (the README's recipe without a search,
+configs/quality.yaml) step 1 is skipped and step 2 is `aam train --config RUN.yaml`; the ensembles
+are of its run only.
+
 With --folds K (the recipe of search_spaces/quality.yaml) the retrain is `--folds K` (K models on
 the folds of train+val, scored out of fold) and the forest is `--folds K` too, so the ensemble
 with the forest is weighted on out-of-fold predictions of every non-test sample: the user's whole
@@ -28,6 +32,8 @@ its epoch on val, the forest is fitted on train only. The table gives test MAE a
     python benchmarks/quality.py --space TINY.yaml --data mini=/tmp/bench/mini --rf-n-estimators 50   # a smoke run
     python benchmarks/quality.py --space search_spaces/quality.yaml --folds 5 --data mouse_grouped=/tmp/q/mouse_grouped \
         --keep /tmp/path --out benchmarks/results/path-mouse_grouped.json                   # the user's path
+    python benchmarks/quality.py --config configs/quality.yaml --folds 5 --train-workers 2 \
+        --data emp_elev=/tmp/q/emp_elev --keep /tmp/nosearch --out benchmarks/results/nosearch-emp_elev.json
 """
 
 from __future__ import annotations
@@ -151,15 +157,20 @@ def run_dataset(label: str, data: Path, args, work: Path) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     walls = {}
     search_cmd = [aam, "tune", str(args.space), "--data", str(data), "--storage-path", str(experiment.parent),
-                  "--name", experiment.name]
-    if args.reuse_search and experiment.is_dir():
+                  "--name", experiment.name] if args.space else None
+    if args.config:
+        walls["tune_s"], best = 0.0, None  # the README's recipe: no search on this table
+    elif args.reuse_search and experiment.is_dir():
         # the search of an earlier run of this command (its wall time is in that run's log)
         print(f"  search: reused {experiment}", flush=True)
-        walls["tune_s"] = None
+        walls["tune_s"], best = None, best_trial(experiment)
     else:
         walls["tune_s"] = step("search", search_cmd, logs / f"{label}-tune.log")
-    best = best_trial(experiment)
-    train_cmd = [aam, "train", "--best-of", str(experiment), "--data", str(data), "--out", str(run)]
+        best = best_trial(experiment)
+    source = ["--config", str(args.config)] if args.config else ["--best-of", str(experiment)]
+    train_cmd = [aam, "train", *source, "--data", str(data), "--out", str(run)]
+    if args.target_transform:
+        train_cmd += ["--target-transform", args.target_transform]
     if args.train_seeds > 1:
         train_cmd += ["--seeds", str(args.train_seeds)]
     if args.retrain_epochs:
@@ -177,8 +188,8 @@ def run_dataset(label: str, data: Path, args, work: Path) -> dict:
     walls["rf_s"] = step("baseline", rf_cmd, logs / f"{label}-rf.log")
     model, forest = model_scores(run), rf_scores(rf)
     ensembles, ensemble_cmds = {}, {}
-    sources = {f"top{args.ensemble_top}": [str(experiment), "--top", str(args.ensemble_top)]}
-    if args.folds > 1:
+    sources = {} if args.config else {f"top{args.ensemble_top}": [str(experiment), "--top", str(args.ensemble_top)]}
+    if args.folds > 1 or args.config:
         sources[f"cv{args.folds}"] = [str(run)]
     for name, source in sources.items():
         for with_rf in (False, True):
@@ -192,7 +203,7 @@ def run_dataset(label: str, data: Path, args, work: Path) -> dict:
             ensemble_cmds[key] = " ".join(cmd)
     return {
         "data": str(data),
-        "experiment": str(experiment),
+        "experiment": None if args.config else str(experiment),
         "best_trial": best,
         "model": model,
         "rf": forest,
@@ -200,7 +211,8 @@ def run_dataset(label: str, data: Path, args, work: Path) -> dict:
         "winner_mae": winner(model.get("test_mae"), forest.get("test_mae"), higher_is_better=False),
         "winner_r2": winner(model.get("test_r2"), forest.get("test_r2"), higher_is_better=True),
         "wall": walls,
-        "commands": {"search": " ".join(search_cmd), "train": " ".join(train_cmd), "rf": " ".join(rf_cmd),
+        "path_wall_s": sum(w for w in walls.values() if w),  # search, train, forest and ensembles
+        "commands": {"search": " ".join(search_cmd) if search_cmd else None, "train": " ".join(train_cmd), "rf": " ".join(rf_cmd),
                      **ensemble_cmds},
         "load_average_end": load_average(),
     }
@@ -208,19 +220,21 @@ def run_dataset(label: str, data: Path, args, work: Path) -> dict:
 
 def print_results(results: dict, space_name: str, train_seeds: int) -> None:
     rows = []
-    metric = next(iter(results.values()))["best_trial"]["metric"] if results else "val"
+    picks = [r["best_trial"] for r in results.values() if r["best_trial"]]
+    metric = picks[0]["metric"] if picks else "val"
     for label, r in results.items():
         m, f = r["model"], r["rf"]
         # the retrain's val score at its kept (best) epoch; summary.json's val_mae is the last epoch's
         retrained_val = m.get("search_trial", {}).get("retrained", m.get("val_mae"))
-        best = r["best_trial"]
+        best = r["best_trial"] or {}
         rows.append([label, m.get("test_mae"), m.get("test_r2"), f.get("test_mae"), f.get("test_r2"),
-                     r["winner_mae"], r["winner_r2"], best["score"], best.get("test_at_best_epoch", {}).get("test_mae"),
-                     f"{best.get('found_at')} of {best['trials']}", retrained_val, f.get("val_mae")])
+                     r["winner_mae"], r["winner_r2"], best.get("score"),
+                     best.get("test_at_best_epoch", {}).get("test_mae"),
+                     f"{best['found_at']} of {best['trials']}" if best else None, retrained_val, f.get("val_mae")])
     print_table(["dataset", "model test MAE", "model test R²", "RF test MAE", "RF test R²", "MAE winner",
                  "R² winner", f"search best {metric}", "its test MAE", "started as", f"retrained {metric}",
                  "RF val MAE"], rows,
-                title=f"test split: tuned model ({space_name}, best trial retrained"
+                title=f"test split: {'tuned model (' + space_name + ', best trial retrained' if picks else space_name + ' (no search'}"
                       f"{f', {train_seeds} seeds' if train_seeds > 1 else ''}) vs Random Forest")
     rows = []
     for label, r in results.items():
@@ -238,7 +252,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", action="append", default=[], metavar="LABEL=DIR",
                         help="dataset folder from `aam convert`, with a label (repeatable)")
-    parser.add_argument("--space", required=True, type=Path, help="search-space YAML for `aam tune`")
+    recipe = parser.add_mutually_exclusive_group(required=True)
+    recipe.add_argument("--space", type=Path, help="search-space YAML for `aam tune`")
+    recipe.add_argument("--config", type=Path, help="run config for `aam train --config` in place of a search "
+                        "(configs/quality.yaml: the README's recipe)")
+    parser.add_argument("--target-transform", help="`aam train --target-transform` over the config's (with "
+                        "--config: zscore for a target with values <= -1)")
     parser.add_argument("--train-seeds", type=int, default=1, help="seeds of the best-of retrain, averaged "
                         "(`aam train --seeds`; default 1)")
     parser.add_argument("--retrain-epochs", type=int, help="train the best config this many epochs instead of "
@@ -259,12 +278,25 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", help="results JSON (default benchmarks/results/quality-<labels>.json)")
     args = parser.parse_args(argv)
     datasets = parse_data(args.data)
-    args.space = args.space.resolve()
-    if not args.space.is_file():
-        raise SystemExit(f"--space {args.space}: no such file")
-    from aam.search import load_space
+    recipe = (args.space or args.config).resolve()
+    if not recipe.is_file():
+        raise SystemExit(f"--{'space' if args.space else 'config'} {recipe}: no such file")
+    from aam.errors import AamUserError
 
-    load_space(args.space)  # every check of `aam tune`, before any run (data comes per dataset)
+    try:  # every check of `aam tune` or `aam train --config`, before any run (data comes per dataset)
+        if args.space:
+            from aam.search import load_space
+
+            args.space = recipe
+            load_space(recipe)
+        else:
+            from aam.cli.train import load_run_file
+            from aam.config import RunConfig
+
+            args.config = recipe
+            RunConfig.from_dict(load_run_file(recipe), where=str(recipe))
+    except AamUserError as e:
+        raise SystemExit(str(e)) from None
 
     info = machine_info()
     info["RAY_ADDRESS"] = os.environ.get("RAY_ADDRESS")
@@ -274,7 +306,7 @@ def main(argv=None) -> dict:
     if args.keep and held and not args.reuse_search:
         raise SystemExit(f"--keep {work}: already holds experiments; choose a new folder")
     work.mkdir(parents=True, exist_ok=True)
-    print(f"space {args.space}; work folder {work}")
+    print(f"{'space' if args.space else 'config'} {recipe}; work folder {work}")
     started = time.perf_counter()
     results = {}
     try:
@@ -286,12 +318,14 @@ def main(argv=None) -> dict:
             shutil.rmtree(work, ignore_errors=True)
     wall = time.perf_counter() - started
 
-    print_results(results, args.space.name, args.train_seeds)
+    print_results(results, recipe.name, args.train_seeds)
     print(f"\nwall: {wall:.0f} s in all")
     payload = {
         "benchmark": "quality",
-        "space": str(args.space),
-        "space_text": args.space.read_text(),
+        "space": str(args.space) if args.space else None,
+        "config": str(args.config) if args.config else None,
+        "space_text" if args.space else "config_text": recipe.read_text(),
+        "target_transform": args.target_transform,
         "rf": {"max_features": args.rf_max_features, "n_estimators": args.rf_n_estimators, "seed": args.rf_seed},
         "train_seeds": args.train_seeds,
         "folds": args.folds,

@@ -28,3 +28,19 @@ def test_the_pick_its_test_score_and_the_trials_it_took_are_read_from_the_trials
     # the test score is the one the trial wrote at its end (of its best epoch's weights), or none
     # when ASHA stopped it before its end
     assert best["test_at_best_epoch"].get("test_mae") == last.get("test_mae")
+
+
+def test_a_bad_run_config_stops_the_benchmark_with_its_own_check_before_any_run(tmp_path):
+    # --config runs the README's recipe without a search; its config gets `aam train --config`'s
+    # checks up front, so a typo costs no forest or fold model first
+    config = tmp_path / "recipe.yaml"
+    config.write_text("epochs: 30\nlearning_rate: 0.002\n")
+    keep = tmp_path / "keep"
+    try:
+        quality.main(["--config", str(config), "--data", f"mini={tmp_path}", "--keep", str(keep)])
+    except SystemExit as e:
+        message = str(e.code)
+    else:
+        raise AssertionError("a config with an unknown key was accepted")
+    assert str(config) in message and "learning_rate" in message
+    assert not keep.exists()
