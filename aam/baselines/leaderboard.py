@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from aam.baselines.random_forest import BASELINE_FILE, KIND, METRICS_FILE
+from aam.baselines._fit import BASELINE_FILE, METRICS_FILE
+from aam.baselines import nearest_neighbors, random_forest
 from aam._files import read_json
 from aam.errors import AamUserError
 
-SHORT_NAMES = {KIND: "rf"}
+SHORT_NAMES = {random_forest.KIND: "rf", nearest_neighbors.KIND: "knn"}
 SHOWN_METRICS = ("val_mae", "val_r2", "test_mae", "test_r2")  # as Experiment.leaderboard shows them
 INTEGER_COLUMNS = ("rank", "epochs", "best_epoch")
 
@@ -24,7 +25,7 @@ INTEGER_COLUMNS = ("rank", "epochs", "best_epoch")
 def read_baseline(folder: str | Path) -> tuple[dict, dict]:
     """(baseline.json, metrics.json) of a folder written by `aam baseline`."""
     folder = Path(folder)
-    hint = "pass a folder written by `aam baseline rf --out DIR`"
+    hint = "pass a folder written by `aam baseline rf` or `aam baseline knn --out DIR`"
     if not folder.is_dir():
         raise AamUserError(f"--baseline {folder}: no such folder; {hint}")
     files = {}

@@ -45,12 +45,7 @@ GROUP_COLUMN = "group"
 def fold_assignments(rows: pa.Table, k: int, seed: int) -> np.ndarray:
     """The fold (0..k-1) of every row: whole groups when the rows carry a group column, each fold
     about the same size either way; the same for the same rows and seed in any order."""
-    ids = np.asarray(rows.column("sample_id").to_pylist(), dtype=object)
-    if GROUP_COLUMN in rows.column_names:
-        keys = np.asarray([str(g) for g in rows.column(GROUP_COLUMN).to_pylist()], dtype=object)
-    else:
-        keys = ids
-    names, inverse, sizes = np.unique(keys.astype(str), return_inverse=True, return_counts=True)
+    names, inverse, sizes = np.unique(_fold_keys(rows), return_inverse=True, return_counts=True)
     if len(names) < k:
         what = "groups" if GROUP_COLUMN in rows.column_names else "samples"
         raise AamUserError(f"folds={k}: train+val holds only {len(names)} {what}; use folds={max(len(names), 2)} "
@@ -64,6 +59,16 @@ def fold_assignments(rows: pa.Table, k: int, seed: int) -> np.ndarray:
         fold_of_name[name] = fold
         filled[fold] += sizes[name]
     return fold_of_name[inverse]
+
+
+def group_count(rows: pa.Table) -> int:
+    """How many units `fold_assignments` keeps whole: groups where the rows carry them, else samples."""
+    return len(np.unique(_fold_keys(rows)))
+
+
+def _fold_keys(rows: pa.Table) -> np.ndarray:
+    column = GROUP_COLUMN if GROUP_COLUMN in rows.column_names else "sample_id"
+    return np.asarray([str(g) for g in rows.column(column).to_pylist()], dtype=str)
 
 
 def fold_static(cfg: RunConfig, static: StaticData, train: pa.Table, held_out: pa.Table) -> StaticData:

@@ -161,7 +161,7 @@ def test_a_target_with_fewer_than_two_training_values_fails_before_fitting(tiny_
     folder = tiny_dataset["folder"]
     data = tmp_path / "with_c"
     convert_dataset(table=folder / "t.biom", metadata=folder / "m.tsv", out=data, targets=["a", "c"], seed=0)
-    with pytest.raises(AamUserError, match=r"value\(s\) of target 'c'; an RF needs at least 2"):
+    with pytest.raises(AamUserError, match=r"value\(s\) of target 'c'; a baseline needs at least 2"):
         run_random_forest(data, tmp_path / "rf", n_estimators=5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["with_c"]  # no out, no temp folder
 

@@ -44,6 +44,8 @@ COMMANDS = {
     "pool": Command(lambda c: ["pool", c["data"]], "dataset", False, lambda c: c["data"]),
     "baseline rf": Command(lambda c: ["baseline", "rf", "--data", c["data"], "--n-estimators", "5"], "baseline",
                            False, lambda c: c["data"] / "samples"),
+    "baseline knn": Command(lambda c: ["baseline", "knn", "--data", c["data"], "--neighbors", "1,3"], "baseline",
+                            False, lambda c: c["data"] / "samples"),
     "export": Command(lambda c: ["export", c["experiment"]], "run", False, lambda c: c["experiment"]),
     "train": Command(lambda c: ["train", "--data", c["data"], *TINY], "run", False, lambda c: c["data"], slow=True),
     "ensemble": Command(lambda c: ["ensemble", c["run"]], "ensemble", False, lambda c: c["run"] / "ens",
