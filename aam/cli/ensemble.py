@@ -54,9 +54,10 @@ def ensemble(
                                                   "--out of `aam train --best-of ... --seeds K`.")],
     top: Annotated[int, typer.Option("--top", min=1, help="With an experiment: its K best trials on val are the "
                                      "candidates.")] = 5,
-    with_baseline: Annotated[Optional[Path], typer.Option("--with-baseline", help="Folder of `aam baseline rf` on "
-                                                          "the same dataset: the forest becomes a candidate (the "
-                                                          "result is labelled as including it).")] = None,
+    with_baseline: Annotated[Optional[list[Path]], typer.Option("--with-baseline", help="Folder of `aam baseline rf` "
+                                                                "or `aam baseline knn` on the same dataset: the "
+                                                                "baseline becomes a candidate (the result is labelled "
+                                                                "as including it). Repeatable.")] = None,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Greedy additions (with replacement); the best "
                                         "prefix on val is kept.")] = 20,
     data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder (default: the one the members "
@@ -64,24 +65,41 @@ def ensemble(
     out: Annotated[Optional[Path], typer.Option("--out", help="Ensemble folder to write (default, for an "
                                                 "experiment: STORAGE/NAME/ensembles/topK[-rf]).")] = None,
 ):
-    """Combine trained models (and optionally the forest) by greedy selection on val; score test once."""
+    """Combine trained models (and optionally baselines) by greedy selection on val; score test once."""
     from aam.training.ensemble_build import build_ensemble
 
+    baselines = _distinct_baselines(with_baseline or [])
     candidates, experiment = _candidates(list(sources), top)
-    out = _ensemble_folder(out, experiment, top, with_baseline)
-    inputs = {**{f"SOURCE {s}": s for s in sources}, "--with-baseline": with_baseline, "--data": data}
+    out = _ensemble_folder(out, experiment, top, baselines)
+    inputs = {**{f"SOURCE {s}": s for s in sources}, **{f"--with-baseline {b}": b for b in baselines}, "--data": data}
     check_output_folder(out, "ensemble", False, inputs,
                         allowed=() if experiment is None else (experiment / "ensembles",))
-    members, selection, metrics = build_ensemble(candidates, out, data, with_baseline, rounds)
+    members, selection, metrics = build_ensemble(candidates, out, data, baselines, rounds)
     _report(out, members, selection, metrics)
 
 
-def _ensemble_folder(out: Path | None, experiment: Path | None, top: int, with_baseline: Path | None) -> Path:
-    """--out, by default STORAGE/NAME/ensembles/topK[-rf] for an experiment; never an existing ensemble."""
+def _distinct_baselines(folders: list[Path]) -> list[Path]:
+    """Each --with-baseline once, each one an `aam baseline` folder of a kind aam ensemble takes."""
+    from aam.training.ensemble import baseline_kind
+
+    seen = set()
+    for folder in folders:
+        if folder.resolve() in seen:
+            raise AamUserError(f"--with-baseline {folder}: given twice; give each baseline folder once")
+        seen.add(folder.resolve())
+        baseline_kind(folder)
+    return folders
+
+
+def _ensemble_folder(out: Path | None, experiment: Path | None, top: int, baselines: list[Path]) -> Path:
+    """--out, by default STORAGE/NAME/ensembles/topK[-rf][-knn] for an experiment; never an existing ensemble."""
     if out is None:
         if experiment is None:
             raise AamUserError("--out: give the ensemble folder to write (needed unless the source is an experiment)")
-        out = experiment / "ensembles" / (f"top{top}" + ("-rf" if with_baseline else ""))
+        from aam.training.ensemble import baseline_kind
+
+        shorts = [baseline_kind(folder)[1].removeprefix("baseline:") for folder in baselines]
+        out = experiment / "ensembles" / "-".join([f"top{top}", *shorts])
     if out.is_dir() and not out.is_symlink() and any(out.iterdir()):
         raise AamUserError(f"--out {out}: already exists; choose a new folder (an ensemble is never overwritten)")
     return out
@@ -89,7 +107,10 @@ def _ensemble_folder(out: Path | None, experiment: Path | None, top: int, with_b
 
 def _report(out: Path, members, selection, metrics: dict) -> None:
     picked = ", ".join(f"{m.name} {w:.2f}" for m, w in zip(members, selection.weights) if w > 0)
-    label = " (includes the Random Forest)" if metrics["includes_forest"] else ""
+    from aam.training.ensemble import BASELINE_LABELS
+
+    included = metrics["includes_baselines"]
+    label = f" (includes {' and '.join(BASELINE_LABELS[k] for k in included)})" if included else ""
     print(f"ensemble{label}: {picked}")
     scored = "out-of-fold MAE (every train and val sample)" if any(m.kind == "cross-validated" for m in members) \
         else "val_mae"

@@ -1,18 +1,18 @@
 """Greedy ensemble selection over trained runs (Caruana et al. 2004), chosen on val only.
 
 Members are run folders (or trial checkpoints) of models trained on one dataset and split, and
-optionally the Random Forest baseline's predictions. Each model member predicts the val and
+optionally the predictions of baselines (`aam baseline rf`, `aam baseline knn`). Each model member predicts the val and
 test splits from its own `model.pt`; selection adds, with replacement, the member that most
 lowers the val MAE of the running mean, and keeps the prefix of additions whose val MAE was
 lowest. The weights are how often each member was picked. The test split is scored once, with
 those weights, and never seen by the selection.
 
-An ensemble folder is read like a run folder: `ensemble.json` (members, weights, whether the
-forest is one), `members/<k>/model.pt` (so the folder stands alone), `val_predictions.tsv`,
+An ensemble folder is read like a run folder: `ensemble.json` (members, weights, which
+baselines are among them), `members/<k>/model.pt` (so the folder stands alone), `val_predictions.tsv`,
 `test_predictions.tsv`, `metrics.json` and `pred_vs_actual.png`. `aam predict` runs every model
-member and mixes their predictions with the same weights. The forest's fitted trees are not
-stored (aam never writes or reads pickles), so an ensemble that includes it scores val and
-test but cannot predict new tables; it is always labelled as including the forest.
+member and mixes their predictions with the same weights. A baseline's fit is not stored (aam
+never writes or reads pickles), so an ensemble that includes one scores val and test but cannot
+predict new tables; it is always labelled with the baselines it includes.
 """
 
 from __future__ import annotations
@@ -33,13 +33,15 @@ from aam.errors import AamUserError
 ENSEMBLE_FILE = "ensemble.json"
 FORMAT = "aam-ensemble/1"
 FOREST = "random_forest"
+BASELINE_KINDS = (FOREST, "knn")  # aam.baselines' kinds (`aam baseline rf`, `aam baseline knn`)
+BASELINE_LABELS = {FOREST: "the Random Forest", "knn": "the nearest-neighbour baseline"}
 
 
 @dataclass
 class Member:
     name: str
-    kind: str  # "model" or "random_forest"
-    source: Path  # run folder, checkpoint folder or forest folder
+    kind: str  # "model", "cross-validated" or a baseline's kind (BASELINE_KINDS)
+    source: Path  # run folder, checkpoint folder or baseline folder
     val: np.ndarray  # [N_val, T] original scale
     test: np.ndarray  # [N_test, T]
 
@@ -95,21 +97,36 @@ def model_member(name: str, folder: Path, bundle, rows: dict, spec) -> Member:
     return Member(name, "model", Path(folder), preds["val"], preds["test"])
 
 
-def forest_member(folder: Path, sample_ids: dict[str, list[str]], targets: list[str]) -> Member:
-    """The forest's own val/test predictions; refused unless it saw the same samples and targets."""
+def baseline_kind(folder: Path) -> tuple[str, str]:
+    """(kind, member name) of an `aam baseline` folder, e.g. ("random_forest", "baseline:rf")."""
+    from aam.baselines.leaderboard import default_name, read_baseline
+
+    try:
+        info, _ = read_baseline(folder)
+    except AamUserError as e:
+        raise AamUserError(str(e).replace("--baseline", "--with-baseline", 1)) from None
+    if info["kind"] not in BASELINE_KINDS:
+        raise AamUserError(f"--with-baseline {folder}: a baseline of kind {info['kind']!r}, which aam ensemble does "
+                           f"not know (it takes {', '.join(BASELINE_KINDS)}); fit it again with `aam baseline`")
+    return info["kind"], default_name(info)
+
+
+def baseline_member(folder: Path, sample_ids: dict[str, list[str]], targets: list[str]) -> Member:
+    """A baseline's own val/test predictions; refused unless it saw the same samples and targets."""
     folder = Path(folder)
+    kind, name = baseline_kind(folder)
     out = {}
     for split in ("val", "test"):
         path = folder / f"{split}_predictions.tsv"
         if not path.is_file():
-            raise AamUserError(f"--with-baseline {folder}: no {path.name}; pass a folder written by `aam baseline rf`")
+            raise AamUserError(f"--with-baseline {folder}: no {path.name}; pass a folder written by `aam baseline`")
         frame = pd.read_csv(path, sep="\t", dtype={"sample_id": str})
         missing = [f"{t}_predicted" for t in targets if f"{t}_predicted" not in frame.columns]
         if missing or list(frame["sample_id"]) != list(sample_ids[split]):
             raise AamUserError(f"--with-baseline {folder}: its {split} predictions are not of the same samples and "
-                               "targets as the models'; fit it with `aam baseline rf --data` on the same dataset")
+                               "targets as the models'; fit it with `aam baseline --data` on the same dataset")
         out[split] = frame[[f"{t}_predicted" for t in targets]].to_numpy(dtype=float)
-    return Member("baseline:rf", FOREST, folder, out["val"], out["test"])
+    return Member(name, kind, folder, out["val"], out["test"])
 
 
 def write_ensemble(out: Path, members: list[Member], selection: Selection, targets: list[str],
@@ -120,7 +137,8 @@ def write_ensemble(out: Path, members: list[Member], selection: Selection, targe
     from aam.training.metrics import regression_metrics
 
     chosen = [(m, float(w)) for m, w in zip(members, selection.weights) if w > 0]
-    includes_forest = any(m.kind == FOREST for m, _ in chosen)
+    included = sorted({m.kind for m, _ in chosen if m.kind in BASELINE_KINDS})
+    includes_forest = FOREST in included
     metrics: dict = {}
     for split in ("val", "test"):
         mixed = sum(w * getattr(m, split) for m, w in chosen)
@@ -149,8 +167,9 @@ def write_ensemble(out: Path, members: list[Member], selection: Selection, targe
         listed.append(entry)
     info = {"format": FORMAT, "targets": targets, "data": data, "selected_on": selected_on, "rounds": rounds,
             "val_curve": selection.val_curve, "candidates": [m.name for m in members],
-            "includes_forest": includes_forest, "members": listed}
+            "includes_forest": includes_forest, "includes_baselines": included, "members": listed}
     metrics["includes_forest"] = includes_forest
+    metrics["includes_baselines"] = included
     mark_output(out, "ensemble")
     atomic_write(out / ENSEMBLE_FILE, json.dumps(info, indent=1))
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=1))
@@ -180,6 +199,9 @@ def _check_ensemble(folder: Path, path: Path, info: dict) -> None:
         raise bad("targets", "must be a non-empty list of target names")
     if not isinstance(info.get("includes_forest"), bool):
         raise bad("includes_forest", "must be true or false")
+    included = info.get("includes_baselines", [])  # absent in an ensemble written before aam baseline knn
+    if not isinstance(included, list) or any(k not in BASELINE_KINDS for k in included):
+        raise bad("includes_baselines", f"must be a list of baseline kinds ({', '.join(BASELINE_KINDS)})")
     if not isinstance(members, list) or not members:
         raise bad("members", "must be a non-empty list")
     for k, member in enumerate(members):
@@ -192,8 +214,9 @@ def _check_ensemble(folder: Path, path: Path, info: dict) -> None:
         weight = member["weight"]
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise bad(f"{where}.weight", f"is {json.dumps(weight)}, not a finite number >= 0")
-        if member["kind"] not in ("model", FOREST):
-            raise bad(f"{where}.kind", f"is {json.dumps(member['kind'])}, not 'model' or '{FOREST}'")
+        if member["kind"] not in ("model", *BASELINE_KINDS):
+            raise bad(f"{where}.kind", f"is {json.dumps(member['kind'])}, not 'model' or a baseline's kind "
+                      f"({', '.join(BASELINE_KINDS)})")
         if member["kind"] == "model":
             _check_member_model(folder, member.get("model"), lambda what: bad(f"{where}.model", what))
     if not sum(m["weight"] for m in members) > 0:
@@ -229,7 +252,8 @@ def leaderboard_rows(folders: list[Path], metric: str) -> tuple[list[dict], list
         if info is None:
             continue
         models = sum(1 for m in info["members"] if m["kind"] == "model")
-        status = f"ensemble of {models}" + (" + forest" if info["includes_forest"] else "")
+        shown = {FOREST: "forest"}
+        status = f"ensemble of {models}" + "".join(f" + {shown.get(k, k)}" for k in includes_baselines(info))
         row = {"rank": None, "trial": f"ensemble:{Path(folder).name}", "status": status, "epochs": None,
                f"best_{metric}": _number(metrics.get(metric)), "best_epoch": None}
         for key in ("val_mae", "val_r2", "test_mae", "test_r2"):
@@ -283,17 +307,23 @@ def out_of_fold_member(name: str, folder: Path, sample_ids: dict[str, list[str]]
                   _predictions(folder / "test_predictions.tsv", sample_ids["test"], targets, fix))
 
 
-def out_of_fold_forest(folder: Path, sample_ids: dict[str, list[str]], targets: list[str]) -> Member:
-    """The forest's out-of-fold predictions (`aam baseline rf --folds K`) and its test predictions."""
-    fix = "fit the forest with `aam baseline rf --data DATASET --folds K` on the members' dataset"
-    return Member("baseline:rf", FOREST, folder, _predictions(folder / "oof_predictions.tsv", sample_ids["val"],
-                                                              targets, fix),
+def out_of_fold_baseline(folder: Path, sample_ids: dict[str, list[str]], targets: list[str]) -> Member:
+    """A baseline's out-of-fold predictions (`aam baseline rf|knn --folds K`) and its test predictions."""
+    kind, name = baseline_kind(Path(folder))
+    fix = "fit the baseline with `aam baseline --data DATASET --folds K` on the members' dataset"
+    return Member(name, kind, folder, _predictions(folder / "oof_predictions.tsv", sample_ids["val"], targets, fix),
                   _predictions(folder / "test_predictions.tsv", sample_ids["test"], targets, fix))
 
 
-def ensemble_out_of_fold(out: Path, candidates: list[tuple[str, Path]], with_baseline: Path | None, rounds: int,
+def includes_baselines(info: dict) -> list[str]:
+    """The baseline kinds an ensemble's members include (an ensemble from before `aam baseline knn`
+    says only whether the forest is one)."""
+    return info.get("includes_baselines") or ([FOREST] if info.get("includes_forest") else [])
+
+
+def ensemble_out_of_fold(out: Path, candidates: list[tuple[str, Path]], baselines: list[Path], rounds: int,
                          data: Path | None) -> tuple[dict, list[Member], Selection]:
-    """Greedy selection over cross-validated runs (and the forest's out-of-fold predictions),
+    """Greedy selection over cross-validated runs (and the baselines' out-of-fold predictions),
     on every train and val sample out of fold rather than on the val split alone; written as
     `write_ensemble` writes, each run's fold models copied in with its weight shared among them."""
     from aam._files import staged_folder
@@ -314,8 +344,7 @@ def ensemble_out_of_fold(out: Path, candidates: list[tuple[str, Path]], with_bas
     sample_ids = {split: r.column("sample_id").to_pylist() for split, r in rows.items()}
     actual = {split: raw_targets(r, targets) for split, r in rows.items()}
     members = [out_of_fold_member(name, folder, sample_ids, targets) for name, folder in candidates]
-    if with_baseline is not None:
-        members.append(out_of_fold_forest(with_baseline, sample_ids, targets))
+    members += [out_of_fold_baseline(folder, sample_ids, targets) for folder in baselines]
     selection = greedy_select([m.val for m in members], actual["val"], rounds)
     with staged_folder(out) as tmp:
         metrics = write_ensemble(tmp, members, selection, targets, sample_ids, actual, str(dataset.path), rounds,

@@ -1,4 +1,4 @@
-"""`aam ensemble`'s one library call: trained models (and the forest) in, an ensemble folder out.
+"""`aam ensemble`'s one library call: trained models (and baselines) in, an ensemble folder out.
 
 The selection and the folder's layout are aam.training.ensemble's, and so is the ensemble of
 cross-validated runs (selected on their out-of-fold predictions, which they wrote). Runs without
@@ -18,7 +18,7 @@ from aam.training.ensemble import (
     Selection,
     cross_validated,
     ensemble_out_of_fold,
-    forest_member,
+    baseline_member,
     greedy_select,
     model_member,
     write_ensemble,
@@ -26,15 +26,15 @@ from aam.training.ensemble import (
 
 
 def build_ensemble(candidates: list[tuple[str, Path]], out: Path, data: Path | None = None,
-                   forest: Path | None = None, rounds: int = 20) -> tuple[list[Member], Selection, dict]:
-    """Select an ensemble of the candidates (name, folder holding the model) greedily, the forest's
-    predictions a candidate too when `forest` names an `aam baseline rf` folder, and write it to
+                   baselines: list[Path] = (), rounds: int = 20) -> tuple[list[Member], Selection, dict]:
+    """Select an ensemble of the candidates (name, folder holding the model) greedily, the
+    predictions of each `aam baseline` folder in `baselines` candidates too, and write it to
     `out` whole or not at all; (members, selection, metrics). Runs trained with `--folds K` are
     selected on their out-of-fold predictions, any others on val, predicted here; test is scored
     once with the weights found. `data`: the dataset, by default the first candidate's.
     """
     if any(cross_validated(folder) for _, folder in candidates):
-        metrics, members, selection = ensemble_out_of_fold(out, candidates, forest, rounds, data)
+        metrics, members, selection = ensemble_out_of_fold(out, candidates, list(baselines), rounds, data)
         return members, selection, metrics
     from aam.data.collate import raw_targets
     from aam.data.dataset import Dataset
@@ -57,8 +57,7 @@ def build_ensemble(candidates: list[tuple[str, Path]], out: Path, data: Path | N
     sequences = dataset.asvs.column("sequence").to_pylist()
     members = [model_member(name, folder, bundle, rows, table_batch_spec(bundle, dataset.tokens, sequences))
                for (name, folder), bundle in zip(candidates, bundles)]
-    if forest is not None:
-        members.append(forest_member(forest, sample_ids, targets))
+    members += [baseline_member(folder, sample_ids, targets) for folder in baselines]
     selection = greedy_select([m.val for m in members], actual["val"], rounds)
     with staged_folder(out) as tmp:
         metrics = write_ensemble(tmp, members, selection, targets, sample_ids, actual, str(dataset.path), rounds)

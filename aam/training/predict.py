@@ -57,9 +57,12 @@ def table_batch_spec(bundle, tokens: np.ndarray, sequences: list[str]) -> BatchS
 
 
 def _predict_ensemble(folder: Path, info: dict, table, sequences, batch_size, metadata):
-    if info["includes_forest"]:
-        raise AamUserError(f"--model {folder}: this ensemble includes the Random Forest, whose fitted trees aam does "
-                           "not store; build one without --with-baseline to predict new tables")
+    from aam.training.ensemble import BASELINE_LABELS, includes_baselines
+
+    if included := includes_baselines(info):
+        what = " and ".join(BASELINE_LABELS[k] for k in included)
+        raise AamUserError(f"--model {folder}: this ensemble includes {what}, whose fit aam does not store; build "
+                           "one without --with-baseline to predict new tables")
     frames, notes = [], []
     for member in info["members"]:
         frame, member_notes = predict_table(folder / member["model"], table, sequences, batch_size, metadata)

@@ -120,11 +120,18 @@ def test_an_ensemble_with_the_forest_says_so_and_cannot_predict_new_tables(seed_
 def test_a_forest_of_another_split_is_refused(seed_runs, tmp_path):
     forest = tmp_path / "rf"
     forest.mkdir()
+    (forest / "baseline.json").write_text(json.dumps({"kind": "random_forest", "targets": ["Age_wk"]}))
+    (forest / "metrics.json").write_text("{}")
     for split in ("val", "test"):
         pd.DataFrame({"sample_id": ["x"], "Age_wk_actual": [1.0], "Age_wk_predicted": [1.0]}).to_csv(
             forest / f"{split}_predictions.tsv", sep="\t", index=False)
     made = aam("ensemble", seed_runs, "--with-baseline", forest, "--out", tmp_path / "ens")
     assert made.returncode == 2 and "not of the same samples" in made.stderr
+    assert not (tmp_path / "ens").exists()
+    # predictions with no baseline.json are no baseline folder aam wrote: refused before any work
+    (forest / "baseline.json").unlink()
+    made = aam("ensemble", seed_runs, "--with-baseline", forest, "--out", tmp_path / "ens")
+    assert made.returncode == 2 and "not a baseline folder (no baseline.json)" in made.stderr
     assert not (tmp_path / "ens").exists()
 
 

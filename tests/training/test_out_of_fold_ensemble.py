@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aam.baselines import run_random_forest
+from aam.baselines import run_nearest_neighbors, run_random_forest
 from aam.config import RunConfig
+from aam.errors import AamUserError
 from aam.training.ensemble import mean_mae
 from aam.training.loop import fit
 from aam.training.predict import predict_table
@@ -87,3 +88,25 @@ def test_the_forest_joins_out_of_fold_and_a_plain_run_does_not_mix_in(runs, exam
     code, output = ensemble(root / "runs", "--out", tmp_path / "x", "--with-baseline", plain)
     assert code == 2 and "oof_predictions.tsv" in output and "--folds K" in output
     assert not (tmp_path / "x").exists()
+
+
+def test_the_forest_and_the_neighbours_join_together_and_are_named_in_the_result(runs, example_dataset, ensemble):
+    root, forest = runs
+    knn = run_nearest_neighbors(example_dataset, root / "knn", neighbors=(1, 3, 5), folds=3).out
+    code, output = ensemble(root / "runs", "--out", root / "bag-both", "--with-baseline", forest,
+                            "--with-baseline", knn)
+    assert code == 0, output
+    info = json.loads((root / "bag-both" / "ensemble.json").read_text())
+    assert {"baseline:rf", "baseline:knn"} <= set(info["candidates"])
+    chosen = sorted({m["kind"] for m in info["members"]} - {"model"})
+    assert info["includes_baselines"] == chosen and info["includes_forest"] == ("random_forest" in chosen)
+    # two-epoch tiny models are far behind both baselines out of fold: at least one is picked
+    assert chosen
+    labels = {"random_forest": "the Random Forest", "knn": "the nearest-neighbour baseline"}
+    assert all(labels[k] in output for k in chosen)
+    oof = {b: json.loads((b / "metrics.json").read_text())["oof_mae"] for b in (forest, knn)}
+    assert json.loads((root / "bag-both" / "metrics.json").read_text())["val_mae"] <= min(oof.values()) + 1e-9
+    with pytest.raises(AamUserError, match=f"includes {labels[chosen[0]]}.*without --with-baseline"):
+        predict_table(root / "bag-both", example_path("mouse_age_mini") / "feature-table.biom")
+    code, output = ensemble(root / "runs", "--out", root / "x", "--with-baseline", knn, "--with-baseline", knn)
+    assert code == 2 and "given twice" in output and not (root / "x").exists()
