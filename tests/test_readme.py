@@ -64,3 +64,7 @@ def test_every_use_command_runs_as_written_on_the_demo_folders(small_experiment,
     assert len(list((tmp_path / "demo" / "runs" / "cv" / "folds").glob("*/model.pt"))) == 5
     bagged = json.loads((tmp_path / "demo" / "runs" / "cv-rf" / "ensemble.json").read_text())
     assert bagged["selected_on"] == "out-of-fold" and bagged["includes_forest"] is True
+    knn = json.loads((tmp_path / "demo" / "runs" / "knn" / "baseline.json").read_text())
+    assert knn["kind"] == "knn" and knn["folds"] == 5
+    both = json.loads((tmp_path / "demo" / "runs" / "cv-bars" / "ensemble.json").read_text())
+    assert {"baseline:rf", "baseline:knn"} <= set(both["candidates"])

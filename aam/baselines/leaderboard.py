@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 
 from aam.baselines._fit import BASELINE_FILE, METRICS_FILE
-from aam.baselines import nearest_neighbors, random_forest
+from aam.training.ensemble import BASELINE_NAMES
 from aam._files import read_json
 from aam.errors import AamUserError
 
-SHORT_NAMES = {random_forest.KIND: "rf", nearest_neighbors.KIND: "knn"}
+SHORT_NAMES = BASELINE_NAMES  # the names `aam ensemble` gives them too
 SHOWN_METRICS = ("val_mae", "val_r2", "test_mae", "test_r2")  # as Experiment.leaderboard shows them
 INTEGER_COLUMNS = ("rank", "epochs", "best_epoch")
 

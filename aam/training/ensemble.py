@@ -33,7 +33,10 @@ from aam.errors import AamUserError
 ENSEMBLE_FILE = "ensemble.json"
 FORMAT = "aam-ensemble/1"
 FOREST = "random_forest"
-BASELINE_KINDS = (FOREST, "knn")  # aam.baselines' kinds (`aam baseline rf`, `aam baseline knn`)
+# aam.baselines' kinds (`aam baseline rf`, `aam baseline knn`) -> their short names; read here from
+# baseline.json, since training sits below baselines
+BASELINE_NAMES = {FOREST: "rf", "knn": "knn"}
+BASELINE_KINDS = tuple(BASELINE_NAMES)
 BASELINE_LABELS = {FOREST: "the Random Forest", "knn": "the nearest-neighbour baseline"}
 
 
@@ -99,16 +102,16 @@ def model_member(name: str, folder: Path, bundle, rows: dict, spec) -> Member:
 
 def baseline_kind(folder: Path) -> tuple[str, str]:
     """(kind, member name) of an `aam baseline` folder, e.g. ("random_forest", "baseline:rf")."""
-    from aam.baselines.leaderboard import default_name, read_baseline
-
-    try:
-        info, _ = read_baseline(folder)
-    except AamUserError as e:
-        raise AamUserError(str(e).replace("--baseline", "--with-baseline", 1)) from None
-    if info["kind"] not in BASELINE_KINDS:
-        raise AamUserError(f"--with-baseline {folder}: a baseline of kind {info['kind']!r}, which aam ensemble does "
-                           f"not know (it takes {', '.join(BASELINE_KINDS)}); fit it again with `aam baseline`")
-    return info["kind"], default_name(info)
+    path = Path(folder) / "baseline.json"
+    if not path.is_file():
+        raise AamUserError(f"--with-baseline {folder}: not a baseline folder (no baseline.json); pass a folder "
+                           "written by `aam baseline rf` or `aam baseline knn --out DIR`")
+    info = read_json(path, "baseline file")
+    kind = info.get("kind") if isinstance(info, dict) else None
+    if kind not in BASELINE_KINDS:
+        raise AamUserError(f"--with-baseline {folder}: baseline.json names the kind {json.dumps(kind)}, which aam "
+                           f"ensemble does not take ({', '.join(BASELINE_KINDS)}); fit it again with `aam baseline`")
+    return kind, f"baseline:{BASELINE_NAMES[kind]}"
 
 
 def baseline_member(folder: Path, sample_ids: dict[str, list[str]], targets: list[str]) -> Member:

@@ -118,3 +118,10 @@ def test_bad_neighbors_is_one_line_and_nothing_written(aam_main, example_dataset
                               "--neighbors", neighbors)
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "knn").exists()
+
+
+def test_every_baseline_kind_is_one_aam_ensemble_takes_under_its_short_name():
+    from aam.baselines import nearest_neighbors, random_forest
+    from aam.training.ensemble import BASELINE_NAMES
+
+    assert BASELINE_NAMES == {random_forest.KIND: "rf", nearest_neighbors.KIND: "knn"}
