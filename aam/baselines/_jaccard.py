@@ -17,7 +17,8 @@ def jaccard_distances(a: sp.csr_matrix, b: sp.csr_matrix) -> np.ndarray:
 
 
 class JaccardNeighbors(RegressorMixin, BaseEstimator):
-    """sklearn's KNeighborsRegressor on precomputed Jaccard distances of presence rows."""
+    """sklearn's KNeighborsRegressor on precomputed Jaccard distances of presence rows. Fitting holds
+    the training rows' distances to each other (8 bytes x n_train²: 3.2 GB at 20,000 samples)."""
 
     def __init__(self, n_neighbors: int = 5, weights: str = "uniform"):
         self.n_neighbors = n_neighbors

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from aam.baselines._fit import BaselineResult, run_baseline
+from aam.baselines.random_forest import relative_abundances
 from aam.errors import AamUserError
 
 KIND = "knn"
@@ -55,13 +55,9 @@ def run_nearest_neighbors(
 
 
 def presence(rows: pa.Table, n_asvs: int) -> sp.csr_matrix:
-    """[samples, ASVs] 1 where the sample holds the ASV (any reads), from the rows' asv_idx lists."""
-    asv_idx = rows.column("asv_idx").combine_chunks()
-    lengths = pc.list_value_length(asv_idx).to_numpy(zero_copy_only=False)
-    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    indices = asv_idx.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    matrix = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(rows.num_rows, n_asvs))
-    matrix.sum_duplicates()
+    """[samples, ASVs] 1 where the sample holds the ASV (any reads), 0 elsewhere."""
+    matrix = relative_abundances(rows, n_asvs)
+    matrix.eliminate_zeros()
     matrix.data[:] = 1.0
     return matrix
 
