@@ -1,18 +1,19 @@
 """Greedy ensemble selection over trained runs (Caruana et al. 2004), chosen on val only.
 
 Members are run folders (or trial checkpoints) of models trained on one dataset and split, and
-optionally the predictions of baselines (`aam baseline rf`, `aam baseline knn`). Each model member predicts the val and
-test splits from its own `model.pt`; selection adds, with replacement, the member that most
-lowers the val MAE of the running mean, and keeps the prefix of additions whose val MAE was
-lowest. The weights are how often each member was picked. The test split is scored once, with
-those weights, and never seen by the selection.
+optionally the predictions of baselines (`aam baseline rf`, `aam baseline knn`). Each model
+member predicts the val and test splits from its own `model.pt`; selection adds, with
+replacement, the member that most lowers the val MAE of the running mean, and keeps the prefix
+of additions whose val MAE was lowest. The weights are how often each member was picked. The
+test split is scored once, with those weights, and never seen by the selection.
 
 An ensemble folder is read like a run folder: `ensemble.json` (members, weights, which
-baselines are among them), `members/<k>/model.pt` (so the folder stands alone), `val_predictions.tsv`,
-`test_predictions.tsv`, `metrics.json` and `pred_vs_actual.png`. `aam predict` runs every model
-member and mixes their predictions with the same weights. A baseline's fit is not stored (aam
-never writes or reads pickles), so an ensemble that includes one scores val and test but cannot
-predict new tables; it is always labelled with the baselines it includes.
+baselines are among them), `members/<k>/model.pt` (so the folder stands alone),
+`val_predictions.tsv`, `test_predictions.tsv`, `metrics.json` and `pred_vs_actual.png`. `aam
+predict` runs every model member and mixes their predictions with the same weights. A
+baseline's fit is not stored (aam never writes or reads pickles), so an ensemble that includes
+one scores val and test but cannot predict new tables; it is always labelled with the baselines
+it includes.
 """
 
 from __future__ import annotations
@@ -319,9 +320,11 @@ def out_of_fold_baseline(folder: Path, sample_ids: dict[str, list[str]], targets
 
 
 def includes_baselines(info: dict) -> list[str]:
-    """The baseline kinds an ensemble's members include (an ensemble from before `aam baseline knn`
-    says only whether the forest is one)."""
-    return info.get("includes_baselines") or ([FOREST] if info.get("includes_forest") else [])
+    """The baseline kinds an ensemble's members include: its members' own kinds as well as what it
+    says of them (an ensemble from before `aam baseline knn` says only whether the forest is one,
+    and an edited file may say less than its members show)."""
+    said = set(info.get("includes_baselines") or ()) | ({FOREST} if info.get("includes_forest") else set())
+    return sorted(said | {m["kind"] for m in info["members"] if m["kind"] in BASELINE_KINDS})
 
 
 def ensemble_out_of_fold(out: Path, candidates: list[tuple[str, Path]], baselines: list[Path], rounds: int,

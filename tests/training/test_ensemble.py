@@ -161,3 +161,17 @@ def test_aam_runs_lists_an_experiments_ensembles_beside_its_trials(seed_runs, ex
     assert parsed["ensembles"][0]["best_val_mae"] == pytest.approx(metrics["val_mae"])
     assert parsed["ensembles"][0]["status"].startswith("ensemble of ")
     assert "and 1 ensemble(s)" in aam("runs", experiment).stdout
+
+
+def test_an_edited_ensemble_that_hides_its_baseline_is_still_refused_by_name(tmp_path):
+    # ensemble.json can come from anyone: its members' kinds decide, not only what it says of them
+    from aam.errors import AamUserError
+    from aam.training.predict import predict_table
+
+    folder = tmp_path / "ens"
+    folder.mkdir()
+    info = {"format": "aam-ensemble/1", "targets": ["Age_wk"], "includes_forest": False, "includes_baselines": [],
+            "members": [{"name": "baseline:knn", "kind": "knn", "weight": 1.0}]}
+    (folder / "ensemble.json").write_text(json.dumps(info))
+    with pytest.raises(AamUserError, match="includes the nearest-neighbour baseline, whose fit aam does not store"):
+        predict_table(folder, example_path("mouse_age_mini") / "feature-table.biom")
