@@ -157,6 +157,11 @@ class RunConfig:
     mixup: float = _f(0.0, "Mix each training sample with another of its batch: compositions (read shares) and "
                       "targets by a weight drawn from Beta(mixup, mixup) (0: off; 0.2-0.4 is usual).", low=0.0,
                       high=10.0, section="quality")
+    neighbor_prior: int = _f(0, "Blend into each prediction the mean target of the sample's this many nearest "
+                             "training samples (Jaccard distance on shared ASVs), by a learned gate that reads how "
+                             "near they are (0: off). The model keeps its training samples' ASVs and targets to "
+                             "search them, so a saved model predicts new tables alone.", low=0, high=100,
+                             section="quality")
     folds: int = _f(1, "Cross-validation: train this many models, each on all but one fold of train+val (grouped "
                     "datasets fold by their group), and score the out-of-fold predictions of every non-test sample; "
                     "the folder is an ensemble of the fold models (1: off, a plain train/val run). With workers > 1 the folds "

@@ -25,7 +25,7 @@ from aam.search import NESTED_RUNS_DIR
 from aam.training.loop import fit
 from aam.training.resume import checkpoint_resume_state
 from aam.training.session import Session, StaticData
-from aam.training.prepare import refit_transform
+from aam.training.prepare import refit_transform, with_neighbor_reference
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ def tune_trial(config: dict, static: StaticData, train_rows: pa.Table, options: 
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(trial_dir / "config.json")
-    static = refit_transform(cfg, static, train_rows)  # target_transform may be a searched key
+    # target_transform and neighbor_prior may be searched keys
+    static = with_neighbor_reference(cfg, refit_transform(cfg, static, train_rows), train_rows)
     if runs_in_trial(cfg):
         fit(cfg, static, TuneSession(train_rows, cfg.seed, verbose=False))  # the driver prints progress
     else:

@@ -13,7 +13,8 @@ Read it top to bottom:
 
 The transformer layers and attention pooling are in `layers.py`, the regression heads (linear,
 mlp, residual, mixture of experts) in `heads.py`, the categorical fusions (concat, add, gmu,
-cross-attention, perceiver) in `categorical.py`.
+cross-attention, perceiver) in `categorical.py`, the neighbour prior (the nearest training
+samples' targets, gated into the head's prediction) in `neighbors.py`.
 
 The batch is made by `aam.data.collate.collate`:
 
@@ -52,6 +53,7 @@ from aam.data.sequences import MASK, PAD, VOCAB_SIZE
 from aam.models.categorical import CategoricalFusion
 from aam.models.heads import RegressionHead, TargetLayout
 from aam.models.layers import AttentionPool, Transformer, choice_error
+from aam.models.neighbors import NeighborPrior
 
 # Share of a batch's distinct ASVs that get a second, masked pass for the nucleotide task.
 NUCLEOTIDE_TASK_FRACTION = 0.25
@@ -302,11 +304,13 @@ class AAM(nn.Module):
     """
 
     def __init__(self, cfg: RunConfig, targets: Sequence[str], token_width: int,
-                 categoricals: dict[str, list[str]] | None = None, asv_vocabulary: list[str] | None = None):
+                 categoricals: dict[str, list[str]] | None = None, asv_vocabulary: list[str] | None = None,
+                 neighbor_reference: dict | None = None):
         """`targets`: the target names (none: a pretraining model, without a head); `categoricals`:
         every categorical column of the dataset -> its categories, in the order of the batch's
         `categoricals`; `asv_vocabulary`: the sequences of the ASVs seen in training (read with
-        asv_identity)."""
+        asv_identity); `neighbor_reference`: the training samples the neighbour prior searches
+        (read with neighbor_prior, see aam.models.neighbors)."""
         super().__init__()
         if isinstance(targets, (str, int)):
             raise TypeError(f"targets={targets!r}: give the list of target names")
@@ -341,6 +345,11 @@ class AAM(nn.Module):
                 affine_column=columns.index(affine) if affine else None,
                 affine_categories=len(categoricals[affine]) if affine else None,
             )
+        self.neighbor_prior = None
+        if cfg.neighbor_prior > 0 and self.n_targets > 0:
+            if neighbor_reference is None:
+                raise ValueError("neighbor_prior needs the training samples (neighbor_reference)")
+            self.neighbor_prior = NeighborPrior(neighbor_reference, cfg.neighbor_prior, self.n_targets)
         self.masks_nucleotides = cfg.mask_prob > 0 and cfg.nucleotide_weight > 0
         # one position holds `nucleotide_patch` letters: the head predicts each of them
         patch = cfg.nucleotide_patch
@@ -355,6 +364,14 @@ class AAM(nn.Module):
         self.apply(self._init_weights)
         if self.head is not None and self.head.affine is not None:
             nn.init.zeros_(self.head.affine.weight)  # every category starts at scale 1, bias 0
+
+    def index_table(self, sequences: list[str]) -> None:
+        """Match a table's ASVs (its ASV index order, what batches index) to what the model keeps by
+        sequence: the identity vectors and the neighbour prior's reference samples."""
+        if self.asv_identity is not None:
+            self.asv_identity.index_table(sequences)
+        if self.neighbor_prior is not None:
+            self.neighbor_prior.index_table(sequences)
 
     def categorical_parameters(self) -> list[nn.Parameter]:
         """Every categorical parameter (embeddings, fusion, category router, affine): the group
@@ -475,6 +492,9 @@ class AAM(nn.Module):
                                              batch["asv_mask"])
         raw, head_diagnostics = self.head(fused, codes)
         diagnostics.update(head_diagnostics)
+        if self.neighbor_prior is not None:
+            raw, diagnostics["neighbor_gate"] = self.neighbor_prior.blend(raw, self.layout.point(raw), batch,
+                                                                          self.layout.slices())
         out = {"raw_prediction": raw, "layout": self.layout, "prediction": self.layout.point(raw)}
         if self.layout.quantile_targets:
             out["quantiles"] = self.layout.quantile_outputs(raw)

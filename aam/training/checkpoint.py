@@ -55,6 +55,8 @@ def model_payload(model, cfg: RunConfig, transform, targets, categoricals, token
         "best_epoch": int(best_epoch),
         # sequences of the ASVs with a learned identity vector (asv_identity), in row order
         "asv_vocabulary": list(model.asv_identity.vocabulary) if model.asv_identity is not None else None,
+        # the training samples the neighbour prior searches (neighbor_prior)
+        "neighbor_reference": model.neighbor_prior.payload() if getattr(model, "neighbor_prior", None) else None,
     }
 
 
@@ -82,7 +84,7 @@ def load_model(path: str | Path) -> ModelBundle:
     payload = read_payload(path)
     cfg = RunConfig.from_dict(payload["config"], where=str(find_model_file(path)))
     model = AAM(cfg, payload["targets"], payload["token_width"], payload["categoricals"],
-                asv_vocabulary=payload.get("asv_vocabulary"))
+                asv_vocabulary=payload.get("asv_vocabulary"), neighbor_reference=payload.get("neighbor_reference"))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     transform = TargetTransform.from_dict(payload["transform"]) if payload["transform"] else None

@@ -96,12 +96,14 @@ class Evaluation:
 
 class _Diagnostics:
     """Per-sample diagnostics of the fusion and moe head, averaged over a split for logging:
-    gmu_gate (share kept from the microbes), attention_<column>, asv_attention, expert<e>_usage."""
+    gmu_gate (share kept from the microbes), attention_<column>, asv_attention, expert<e>_usage,
+    neighbor_gate_<target> (share of the prediction taken from the neighbour prior)."""
 
     def __init__(self, model, spec: BatchSpec):
         columns = [spec.categoricals[c] for c in getattr(model, "fusion_columns", [])]
         self.names = {"gate": ["gmu_gate"], "column_attention": [f"attention_{c}" for c in columns],
-                      "asv_attention": ["asv_attention"]}
+                      "asv_attention": ["asv_attention"],
+                      "neighbor_gate": [f"neighbor_gate_{t}" for t in spec.targets]}
         self.sums: dict[str, float] = {}
         self.n = 0
 

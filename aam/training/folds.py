@@ -73,10 +73,11 @@ def _fold_keys(rows: pa.Table) -> np.ndarray:
 
 def fold_static(cfg: RunConfig, static: StaticData, train: pa.Table, held_out: pa.Table) -> StaticData:
     """`static` for one fold: its held-out rows are the val split, its target transform, BatchNorm
-    calibration rows and ASV identity vocabulary come from its own training rows only."""
-    from aam.training.prepare import calibration_rows, fit_transform
+    calibration rows, ASV identity vocabulary and neighbour reference come from its own training
+    rows only."""
+    from aam.training.prepare import calibration_rows, fit_transform, with_neighbor_reference
 
-    return dataclasses.replace(
+    return with_neighbor_reference(cfg, dataclasses.replace(
         static,
         transform=fit_transform(cfg, static.targets, train),
         eval_rows={"val": held_out, "test": static.eval_rows["test"]},
@@ -86,7 +87,7 @@ def fold_static(cfg: RunConfig, static: StaticData, train: pa.Table, held_out: p
                       "test": static.sample_lists["test"]},
         n_train=train.num_rows,
         train_asv_idx=np.unique(train.column("asv_idx").combine_chunks().flatten().to_numpy()),
-    )
+    ), train)
 
 
 def split_folds(rows: pa.Table, cfg: RunConfig) -> list[tuple[pa.Table, pa.Table]]:

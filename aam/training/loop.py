@@ -78,7 +78,7 @@ def batch_spec(cfg: RunConfig, model_io: StaticData | ModelBundle, device: torch
     """
     return BatchSpec(model_io.tokens if tokens is None else tokens, model_io.targets, list(model_io.categoricals),
                      cfg.token_limit, model_io.transform, pad_to_limit=cfg.pad_to_token_limit, dedupe=cfg.dedupe_asvs,
-                     min_abundance=cfg.min_abundance, all_asvs=cfg.abundance_bag,
+                     min_abundance=cfg.min_abundance, all_asvs=cfg.abundance_bag or cfg.neighbor_prior > 0,
                      shape_buckets=device is not None and torch.device(device).type == "cuda")
 
 
@@ -307,9 +307,9 @@ def build_model(cfg: RunConfig, static: StaticData) -> AAM:
     from aam.models import AAM
 
     model = AAM(cfg, static.targets, static.token_width, static.categoricals,
-                asv_vocabulary=static.asv_vocabulary() if cfg.asv_identity else None)
-    if model.asv_identity is not None:
-        model.asv_identity.index_table(static.asv_sequences)
+                asv_vocabulary=static.asv_vocabulary() if cfg.asv_identity else None,
+                neighbor_reference=static.neighbor_reference)
+    model.index_table(static.asv_sequences)
     if cfg.pretrained_encoder:
         load_encoder_weights(model, cfg.pretrained_encoder)
         if cfg.freeze_encoder:

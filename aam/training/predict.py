@@ -50,9 +50,9 @@ def predict_table(model_path: Path, table: Path, sequences: Path | None = None, 
 def table_batch_spec(bundle, tokens: np.ndarray, sequences: list[str]) -> BatchSpec:
     """How a trained model's batches are made from a table (tokens and sequences in the table's ASV
     order), by the same `batch_spec` as its training; a model with asv_identity is matched to the
-    table's ASVs by sequence (ASVs not seen in training use their sequence alone)."""
-    if bundle.model.asv_identity is not None:
-        bundle.model.asv_identity.index_table(sequences)
+    table's ASVs by sequence (ASVs not seen in training use their sequence alone), and so is a
+    model's neighbour prior."""
+    bundle.model.index_table(sequences)
     return batch_spec(bundle.config, bundle, tokens=tokens)
 
 

@@ -72,7 +72,7 @@ def load_static(cfg: RunConfig) -> tuple[StaticData, pa.Table]:
     )
     if cfg.freeze_encoder and cfg.cache_asv_vectors:
         static = encode_frozen(cfg, static, pa.concat_tables(list(splits.values())), payload)
-    return static, train_rows
+    return with_neighbor_reference(cfg, static, train_rows), train_rows
 
 
 def encoder_width_tokens(pretrained_encoder: str, payload: dict, tokens: np.ndarray) -> np.ndarray:
@@ -136,6 +136,29 @@ def refit_transform(cfg: RunConfig, static: StaticData, train_rows: pa.Table) ->
         return static
     cfg.check_dataset(static.targets, list(static.categoricals))
     return dataclasses.replace(static, transform=fit_transform(cfg, static.targets, train_rows))
+
+
+def with_neighbor_reference(cfg: RunConfig, static: StaticData, train_rows: pa.Table) -> StaticData:
+    """`static` with the training samples the neighbour prior searches (aam.models.neighbors):
+    their ASVs by sequence and their targets on the scale of `static.transform`. Made again
+    wherever the training rows or the transform change (a fold, a trial that searches the
+    transform), so the prior never reads a sample its model was not trained on."""
+    if cfg.neighbor_prior <= 0 or not static.targets:
+        return dataclasses.replace(static, neighbor_reference=None) if static.neighbor_reference else static
+    column = train_rows.column("asv_idx").combine_chunks()
+    offsets = column.offsets.to_numpy()
+    flat = column.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+    used, indices = np.unique(flat, return_inverse=True)
+    values = raw_targets(train_rows, static.targets)
+    if static.transform is not None:
+        values = static.transform.forward(values, category_codes(train_rows, static.transform.by))
+    return dataclasses.replace(static, neighbor_reference={
+        "sequences": [static.asv_sequences[i] for i in used],
+        "sample_ids": train_rows.column("sample_id").to_pylist(),
+        "offsets": (offsets - offsets[0]).astype(np.int64),
+        "indices": indices.astype(np.int64),
+        "targets": np.asarray(values, dtype=np.float32),
+    })
 
 
 CALIBRATION_SAMPLES = 256

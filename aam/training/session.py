@@ -48,6 +48,8 @@ class StaticData:
     # the training rows: the vocabulary of asv_identity
     asv_sequences: list[str] = field(default_factory=list)
     train_asv_idx: np.ndarray | None = None
+    # with neighbor_prior: the training samples it searches (prepare.with_neighbor_reference)
+    neighbor_reference: dict | None = None
 
     def asv_vocabulary(self) -> list[str]:
         return [self.asv_sequences[i] for i in self.train_asv_idx]

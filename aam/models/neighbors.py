@@ -1,0 +1,136 @@
+"""The neighbour prior: the mean target of a sample's k nearest training samples, blended into
+the head's prediction by a gate that reads how near they are.
+
+Why: on tables where a test sample has a near twin in training (the same animal at another
+age, the same site sampled twice), the k nearest training samples by Jaccard distance on shared
+ASVs predict better than the forest (BENCHMARKS.md §9, "A nearest-neighbour bar"), and AAM's own
+embedding does not place a sample beside its twins. The model carries its training samples (the
+reference: their ASVs by sequence and their transformed targets), so a saved model predicts a
+new table alone, as `aam baseline knn` cannot.
+
+The gate is per target, `sigmoid(w . [d_1, d_mean] + b)` of the distance to the nearest and the
+mean distance of the k: near twins -> the prior, no near sample -> the head. It starts at 0.5
+(w = b = 0). A sample is never its own neighbour (matched by sample id), so a training sample's
+prior is what a new sample's would be: its neighbours among the other training samples.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+# what a distance is when no reference sample has the target (the gate then reads a far sample)
+FAR = 1.0
+
+
+def _copy(values, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor of its own from a tensor, an array (read-only from Ray's object store) or a list."""
+    return torch.as_tensor(values if torch.is_tensor(values) else np.array(values), dtype=dtype).clone()
+
+
+class NeighborPrior(nn.Module):
+    """`reference`: {"sequences": the reference ASVs' sequences, "sample_ids": one per reference
+    sample, "offsets": Long [R + 1] and "indices": Long [nnz] (each sample's ASVs as rows of
+    `sequences`, CSR), "targets": Float [R, T] on the transformed scale, NaN where missing}.
+
+    The reference tensors are plain attributes, not buffers: the checkpoint carries them in its
+    payload (`payload()`), DistributedDataParallel has no sparse buffers to broadcast, and each
+    device gets its own copy on first use."""
+
+    def __init__(self, reference: dict, k: int, n_targets: int):
+        super().__init__()
+        self.k = int(k)
+        self.sequences = list(reference["sequences"])
+        self.sample_ids = list(reference["sample_ids"])
+        self.offsets = _copy(reference["offsets"], torch.int64)
+        indices = _copy(reference["indices"], torch.int64)
+        # a sparse CSR row must list its columns sorted; rows are stored most abundant first
+        row = torch.repeat_interleave(torch.arange(len(self.offsets) - 1), self.offsets.diff())
+        self.indices = indices[torch.argsort(row * (len(reference["sequences"]) + 1) + indices)]
+        self.targets = _copy(reference["targets"], torch.float32).reshape(len(self.sample_ids), -1)
+        if self.targets.shape[1] != n_targets:
+            raise ValueError(f"neighbour reference has {self.targets.shape[1]} targets; the model has {n_targets}")
+        self._row_of_sample = {s: i for i, s in enumerate(self.sample_ids)}
+        self._vocabulary = {s: i for i, s in enumerate(self.sequences)}
+        self.gate_weight = nn.Parameter(torch.zeros(n_targets, 2))
+        self.gate_bias = nn.Parameter(torch.zeros(n_targets))
+        self.table_rows: torch.Tensor | None = None  # the table's ASV index -> reference row (-1: none)
+        self._on: dict[str, tuple] = {}
+
+    def payload(self) -> dict:
+        """The reference as the checkpoint stores it (tensors and lists of strings only)."""
+        return {"sequences": self.sequences, "sample_ids": self.sample_ids, "offsets": self.offsets.clone(),
+                "indices": self.indices.clone(), "targets": self.targets.clone()}
+
+    def index_table(self, sequences: list[str]) -> None:
+        """Match a table's ASVs (its ASV index order) to the reference's, by sequence."""
+        self.table_rows = torch.tensor([self._vocabulary.get(s, -1) for s in sequences] or [-1], dtype=torch.int64)
+
+    def _reference(self, device: torch.device) -> tuple:
+        key = str(device)
+        if key not in self._on:
+            n_ref, n_asvs = len(self.sample_ids), len(self.sequences)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta": the product below is not
+                warnings.simplefilter("ignore", UserWarning)
+                presence = torch.sparse_csr_tensor(self.offsets, self.indices, torch.ones(len(self.indices)),
+                                                   size=(n_ref, max(n_asvs, 1)), check_invariants=True).to(device)
+            sizes = (self.offsets[1:] - self.offsets[:-1]).to(device=device, dtype=torch.float32)
+            self._on[key] = (presence, sizes, self.targets.to(device), self.table_rows.to(device))
+        return self._on[key]
+
+    def distances(self, batch: dict) -> torch.Tensor:
+        """Jaccard distance [B, R] of every sample of the batch to every reference sample, by all
+        of each sample's ASVs (`all_asvs`, whatever token_limit); inf to a sample itself."""
+        if self.table_rows is None:
+            raise RuntimeError("NeighborPrior.index_table was not called for this table")
+        asvs, real = batch["all_asvs"], batch["all_shares"] > 0
+        device = asvs.device
+        presence, sizes, _, table_rows = self._reference(device)
+        rows = table_rows[asvs]
+        known = real & (rows >= 0)
+        mine = torch.zeros(asvs.shape[0], presence.shape[1], device=device)
+        sample = torch.arange(asvs.shape[0], device=device)[:, None].expand_as(asvs)
+        mine[sample[known], rows[known]] = 1.0
+        with torch.autocast(device.type, enabled=False):  # sparse products are float32 only
+            shared = (presence @ mine.T).T  # [B, R]
+        union = real.sum(dim=1, dtype=torch.float32)[:, None] + sizes[None, :] - shared
+        distance = 1.0 - shared / union.clamp(min=1.0)
+        own = [(b, self._row_of_sample[s]) for b, s in enumerate(batch["sample_ids"]) if s in self._row_of_sample]
+        if own:
+            at = torch.tensor(own, device=device)
+            distance[at[:, 0], at[:, 1]] = float("inf")
+        return distance
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(prior [B, T], gate [B, T], known [B, T]): the mean transformed target of the k nearest
+        reference samples that have it, the gate, and whether any reference sample has it."""
+        distance = self.distances(batch)
+        _, _, targets, _ = self._reference(distance.device)
+        k = min(self.k, distance.shape[1])
+        priors, features, known = [], [], []
+        for t in range(targets.shape[1]):
+            has = ~torch.isnan(targets[:, t])
+            d = distance.masked_fill(~has[None, :], float("inf"))
+            nearest, at = d.topk(k, dim=1, largest=False)
+            ok = torch.isfinite(nearest)
+            values = torch.where(ok, targets[at, t], torch.zeros_like(nearest))
+            count = ok.sum(dim=1)
+            priors.append(values.sum(dim=1) / count.clamp(min=1))
+            near = torch.where(ok, nearest, torch.full_like(nearest, FAR))
+            features.append(torch.stack([near[:, 0], near.mean(dim=1)], dim=1))
+            known.append(count > 0)
+        prior, known = torch.stack(priors, dim=1), torch.stack(known, dim=1)
+        gate = torch.sigmoid((torch.stack(features, dim=1) * self.gate_weight).sum(-1) + self.gate_bias)
+        return prior, gate * known, known
+
+    def blend(self, raw: torch.Tensor, point: torch.Tensor, batch: dict, slices: list[slice]) -> tuple:
+        """The head's outputs `raw` [B, n_outputs] (point predictions `point` [B, T]) moved toward
+        the prior: each target's outputs shifted by gate * (prior - point), so a quantile target
+        keeps its spread and its median becomes the gated mix. Returns (raw, gate)."""
+        prior, gate, _ = self(batch)
+        shift = gate * (prior.to(point.dtype) - point)
+        moved = torch.cat([raw[:, s] + shift[:, t : t + 1] for t, s in enumerate(slices)], dim=1)
+        return moved, gate
