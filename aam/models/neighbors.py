@@ -68,6 +68,7 @@ class NeighborPrior(nn.Module):
     def index_table(self, sequences: list[str]) -> None:
         """Match a table's ASVs (its ASV index order) to the reference's, by sequence."""
         self.table_rows = torch.tensor([self._vocabulary.get(s, -1) for s in sequences] or [-1], dtype=torch.int64)
+        self._on.clear()  # the device copies hold the previous table's rows
 
     def _reference(self, device: torch.device) -> tuple:
         key = str(device)

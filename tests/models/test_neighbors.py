@@ -53,6 +53,19 @@ def test_distances_are_jaccard_on_every_asv_and_a_sample_is_never_its_own_neighb
         np.testing.assert_allclose(got[~own], want[~own], atol=1e-6)
 
 
+def test_a_table_listing_its_asvs_in_another_order_finds_the_same_neighbours(example_dataset):
+    cfg, static, _, model = setup(example_dataset)
+    rows = static.eval_rows["test"]
+    before = model.neighbor_prior.distances(collate(rows, batch_spec(cfg, static)))
+    # the same samples in a table whose ASV index runs backwards, matched again by sequence
+    n = len(static.asv_sequences)
+    reversed_rows = rows.set_column(rows.column_names.index("asv_idx"), "asv_idx", pa.array(
+        [[n - 1 - i for i in asvs] for asvs in rows.column("asv_idx").to_pylist()], pa.list_(pa.int32())))
+    model.index_table(static.asv_sequences[::-1])
+    after = model.neighbor_prior.distances(collate(reversed_rows, batch_spec(cfg, static, tokens=static.tokens[::-1])))
+    torch.testing.assert_close(after, before)
+
+
 def test_prior_is_the_mean_transformed_target_of_the_k_nearest_and_the_gate_starts_halfway(example_dataset):
     cfg, static, train_rows, model = setup(example_dataset, k=3)
     n_asvs = len(static.asv_sequences)
