@@ -57,7 +57,7 @@ def bucket_size(n: int) -> int:
     return -(-n // step) * step
 
 
-def _list_column(rows: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+def list_column(rows: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Offsets and flat values of a list column, whatever its chunking."""
     col = rows.column(name).combine_chunks()
     offsets = col.offsets.to_numpy()
@@ -73,8 +73,8 @@ def collate(rows: pa.Table, spec: BatchSpec) -> dict:
     gives the same outputs on every path; benchmarks/ measures what the fast one saves.
     """
     n = rows.num_rows
-    idx_off, idx_flat = _list_column(rows, "asv_idx")
-    cnt_off, cnt_flat = _list_column(rows, "counts")
+    idx_off, idx_flat = list_column(rows, "asv_idx")
+    cnt_off, cnt_flat = list_column(rows, "counts")
     depth = _depth(rows, cnt_off, cnt_flat)
     lengths = _kept_lengths(idx_off, cnt_off, cnt_flat, depth, spec)
     if spec.pad_to_limit:
@@ -196,11 +196,16 @@ def raw_targets(rows: pa.Table, names: list[str]) -> np.ndarray:
     return out
 
 
-def _targets(rows: pa.Table, spec: BatchSpec) -> np.ndarray:
-    values = raw_targets(rows, spec.targets)
-    if spec.transform is None:
+def transformed_targets(rows: pa.Table, names: list[str], transform: TargetTransform | None) -> np.ndarray:
+    """Targets [N, T] on the scale the model predicts (`transform`'s), NaN where missing."""
+    values = raw_targets(rows, names)
+    if transform is None:
         return values
-    return spec.transform.forward(values, category_codes(rows, spec.transform.by))
+    return transform.forward(values, category_codes(rows, transform.by))
+
+
+def _targets(rows: pa.Table, spec: BatchSpec) -> np.ndarray:
+    return transformed_targets(rows, spec.targets, spec.transform)
 
 
 def category_codes(rows: pa.Table, names: list[str]) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from aam.config import RunConfig
-from aam.data.collate import category_codes, raw_targets
+from aam.data.collate import category_codes, list_column, raw_targets, transformed_targets
 from aam.data.dataset import Dataset
 from aam.data.transforms import TargetTransform
 from aam.errors import AamUserError
@@ -145,17 +145,13 @@ def with_neighbor_reference(cfg: RunConfig, static: StaticData, train_rows: pa.T
     transform), so the prior never reads a sample its model was not trained on."""
     if cfg.neighbor_prior <= 0 or not static.targets:
         return dataclasses.replace(static, neighbor_reference=None) if static.neighbor_reference else static
-    column = train_rows.column("asv_idx").combine_chunks()
-    offsets = column.offsets.to_numpy()
-    flat = column.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+    offsets, flat = list_column(train_rows, "asv_idx")
     used, indices = np.unique(flat, return_inverse=True)
-    values = raw_targets(train_rows, static.targets)
-    if static.transform is not None:
-        values = static.transform.forward(values, category_codes(train_rows, static.transform.by))
+    values = transformed_targets(train_rows, static.targets, static.transform)
     return dataclasses.replace(static, neighbor_reference={
         "sequences": [static.asv_sequences[i] for i in used],
         "sample_ids": train_rows.column("sample_id").to_pylist(),
-        "offsets": (offsets - offsets[0]).astype(np.int64),
+        "offsets": offsets.astype(np.int64),
         "indices": indices.astype(np.int64),
         "targets": np.asarray(values, dtype=np.float32),
     })
