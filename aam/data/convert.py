@@ -20,6 +20,7 @@ import aam
 from aam._files import check_output_folder, mark_output, sha256_of, staged_folder
 from aam.data import _metadata, _split, _unifrac
 from aam.data._biom import TableData, read_table
+from aam.data.dataset import GROUP_COLUMN
 from aam.data.sequences import SEQUENCE_RULE, tokenize
 from aam.errors import AamUserError
 
@@ -262,7 +263,7 @@ def convert_dataset(
 
     if groups is not None:
         # kept per sample so cross-validation (`folds`) can fold by the same groups as the split
-        columns["group"] = pa.array([str(g) for g in groups], pa.string())
+        columns[GROUP_COLUMN] = pa.array([str(g) for g in groups], pa.string())
     samples = _samples_table(rows, split_names, columns, uf)
     width = tokens.shape[1]
     asvs = asvs_table(sub.observation_ids, seq_list, tokens)

@@ -17,6 +17,8 @@ from aam.errors import AamUserError
 SCHEMA_VERSIONS = (1,)
 MANIFEST_KEYS = ("targets", "categoricals", "token_width", "split")
 SAMPLE_COLUMNS = ("sample_id", "asv_idx", "counts", "split")
+# each sample's group on a table converted with --group-by (what folds and the neighbour prior keep apart)
+GROUP_COLUMN = "group"
 
 
 def _read_parquet(file: Path, columns: tuple[str, ...]) -> pa.Table:

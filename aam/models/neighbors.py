@@ -11,7 +11,11 @@ new table alone, as `aam baseline knn` cannot.
 The gate is per target, `sigmoid(w . [d_1, d_mean] + b)` of the distance to the nearest and the
 mean distance of the k: near twins -> the prior, no near sample -> the head. It starts at 0.5
 (w = b = 0). A sample is never its own neighbour (matched by sample id), so a training sample's
-prior is what a new sample's would be: its neighbours among the other training samples.
+prior is what a new sample's would be: its neighbours among the other training samples. On a
+grouped table (`aam convert --group-by`) a training sample's neighbours exclude its whole group
+too: a test sample's group is never in training, so a training sample that found its own group's
+samples would teach the gate to trust twins that test samples cannot have (BENCHMARKS.md §9,
+"Leave-group-out neighbours").
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ def _copy(values, dtype: torch.dtype) -> torch.Tensor:
 class NeighborPrior(nn.Module):
     """`reference`: {"sequences": the reference ASVs' sequences, "sample_ids": one per reference
     sample, "offsets": Long [R + 1] and "indices": Long [nnz] (each sample's ASVs as rows of
-    `sequences`, CSR), "targets": Float [R, T] on the transformed scale, NaN where missing}.
+    `sequences`, CSR), "targets": Float [R, T] on the transformed scale, NaN where missing, and
+    "groups" (optional): one per reference sample on a grouped table}.
 
     The reference tensors are plain attributes, not buffers: the checkpoint carries them in its
     payload (`payload()`), DistributedDataParallel has no sparse buffers to broadcast, and each
@@ -53,7 +58,14 @@ class NeighborPrior(nn.Module):
         self.targets = _copy(reference["targets"], torch.float32).reshape(len(self.sample_ids), -1)
         if self.targets.shape[1] != n_targets:
             raise ValueError(f"neighbour reference has {self.targets.shape[1]} targets; the model has {n_targets}")
+        self.groups = list(reference["groups"]) if reference.get("groups") is not None else None
+        if self.groups is not None and len(self.groups) != len(self.sample_ids):
+            raise ValueError(f"neighbour reference has {len(self.groups)} groups for {len(self.sample_ids)} samples")
         self._row_of_sample = {s: i for i, s in enumerate(self.sample_ids)}
+        # what a reference sample may not be a neighbour of: its own group, else only itself
+        label = self.groups if self.groups is not None else range(len(self.sample_ids))
+        self.group_of_row = torch.tensor(np.unique(np.asarray(label, dtype=str), return_inverse=True)[1]
+                                         .astype(np.int64) if len(self.sample_ids) else [], dtype=torch.int64)
         self._vocabulary = {s: i for i, s in enumerate(self.sequences)}
         self.gate_weight = nn.Parameter(torch.zeros(n_targets, 2))
         self.gate_bias = nn.Parameter(torch.zeros(n_targets))
@@ -63,7 +75,7 @@ class NeighborPrior(nn.Module):
     def payload(self) -> dict:
         """The reference as the checkpoint stores it (tensors and lists of strings only)."""
         return {"sequences": self.sequences, "sample_ids": self.sample_ids, "offsets": self.offsets.clone(),
-                "indices": self.indices.clone(), "targets": self.targets.clone()}
+                "indices": self.indices.clone(), "targets": self.targets.clone(), "groups": self.groups}
 
     def index_table(self, sequences: list[str]) -> None:
         """Match a table's ASVs (its ASV index order) to the reference's, by sequence."""
@@ -79,17 +91,19 @@ class NeighborPrior(nn.Module):
                 presence = torch.sparse_csr_tensor(self.offsets, self.indices, torch.ones(len(self.indices)),
                                                    size=(n_ref, max(n_asvs, 1)), check_invariants=True).to(device)
             sizes = (self.offsets[1:] - self.offsets[:-1]).to(device=device, dtype=torch.float32)
-            self._on[key] = (presence, sizes, self.targets.to(device), self.table_rows.to(device))
+            self._on[key] = (presence, sizes, self.targets.to(device), self.table_rows.to(device),
+                             self.group_of_row.to(device))
         return self._on[key]
 
     def distances(self, batch: dict) -> torch.Tensor:
         """Jaccard distance [B, R] of every sample of the batch to every reference sample, by all
-        of each sample's ASVs (`all_asvs`, whatever token_limit); inf to a sample itself."""
+        of each sample's ASVs (`all_asvs`, whatever token_limit); inf from a reference sample to
+        itself and, on a grouped table, to its whole group."""
         if self.table_rows is None:
             raise RuntimeError("NeighborPrior.index_table was not called for this table")
         asvs, real = batch["all_asvs"], batch["all_shares"] > 0
         device = asvs.device
-        presence, sizes, _, table_rows = self._reference(device)
+        presence, sizes, _, table_rows, group_of_row = self._reference(device)
         rows = table_rows[asvs]
         known = real & (rows >= 0)
         mine = torch.zeros(asvs.shape[0], presence.shape[1], device=device)
@@ -99,17 +113,19 @@ class NeighborPrior(nn.Module):
             shared = (presence @ mine.T).T  # [B, R]
         union = real.sum(dim=1, dtype=torch.float32)[:, None] + sizes[None, :] - shared
         distance = 1.0 - shared / union.clamp(min=1.0)
-        own = [(b, self._row_of_sample[s]) for b, s in enumerate(batch["sample_ids"]) if s in self._row_of_sample]
-        if own:
-            at = torch.tensor(own, device=device)
-            distance[at[:, 0], at[:, 1]] = float("inf")
+        own = [self._row_of_sample.get(s, -1) for s in batch["sample_ids"]]
+        if any(row >= 0 for row in own):
+            own = torch.tensor(own, device=device)
+            own_group = torch.where(own >= 0, group_of_row[own.clamp(min=0)], -1)
+            excluded = (group_of_row[None, :] == own_group[:, None]) & (own_group[:, None] >= 0)
+            distance = distance.masked_fill(excluded, float("inf"))
         return distance
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(prior [B, T], gate [B, T], known [B, T]): the mean transformed target of the k nearest
         reference samples that have it, the gate, and whether any reference sample has it."""
         distance = self.distances(batch)
-        _, _, targets, _ = self._reference(distance.device)
+        targets = self._reference(distance.device)[2]
         k = min(self.k, distance.shape[1])
         priors, features, known = [], [], []
         for t in range(targets.shape[1]):

@@ -35,11 +35,11 @@ import pyarrow as pa
 
 from aam._files import atomic_write
 from aam.config import RunConfig
+from aam.data.dataset import GROUP_COLUMN
 from aam.errors import AamUserError
 from aam.training.session import StaticData
 
 FOLDS_DIR = "folds"
-GROUP_COLUMN = "group"
 
 
 def fold_assignments(rows: pa.Table, k: int, seed: int) -> np.ndarray:

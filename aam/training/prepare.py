@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from aam.config import RunConfig
 from aam.data.collate import category_codes, list_column, raw_targets, transformed_targets
-from aam.data.dataset import Dataset
+from aam.data.dataset import GROUP_COLUMN, Dataset
 from aam.data.transforms import TargetTransform
 from aam.errors import AamUserError
 from aam.training.session import StaticData
@@ -40,7 +40,7 @@ def load_static(cfg: RunConfig) -> tuple[StaticData, pa.Table]:
     cfg.check_dataset(targets, list(dataset.categoricals), where="config")
     splits = {name: dataset.split(name) for name in ("train", "val", "test")}
     group_by = (dataset.manifest.get("split") or {}).get("group_by")
-    if cfg.folds > 1 and group_by and "group" not in dataset.samples.column_names:
+    if cfg.folds > 1 and group_by and GROUP_COLUMN not in dataset.samples.column_names:
         raise AamUserError(f"folds={cfg.folds}: {dataset.path} was split by '{group_by}' but does not record each "
                            f"sample's group (converted by an older aam); convert it again with --group-by {group_by}")
     if splits["train"].num_rows < 2:
@@ -154,6 +154,8 @@ def with_neighbor_reference(cfg: RunConfig, static: StaticData, train_rows: pa.T
         "offsets": offsets.astype(np.int64),
         "indices": indices.astype(np.int64),
         "targets": np.asarray(values, dtype=np.float32),
+        # a grouped table's groups: a training sample's neighbours then leave its group out
+        "groups": train_rows.column(GROUP_COLUMN).to_pylist() if GROUP_COLUMN in train_rows.column_names else None,
     })
 
 

@@ -10,7 +10,8 @@ import torch
 from scipy.spatial.distance import cdist
 
 from aam.config import RunConfig
-from aam.data import Dataset
+from aam.data import Dataset, convert_dataset
+from aam.data.dataset import GROUP_COLUMN
 from aam.data.collate import collate, raw_targets
 from aam.errors import AamUserError
 from aam.examples import path as example_path
@@ -51,6 +52,28 @@ def test_distances_are_jaccard_on_every_asv_and_a_sample_is_never_its_own_neighb
             train_rows.column("sample_id").to_pylist())[None, :]
         assert np.isinf(got[own]).all() and (own.sum(axis=1) == (rows is not static.eval_rows["test"])).all()
         np.testing.assert_allclose(got[~own], want[~own], atol=1e-6)
+
+
+def test_on_a_grouped_table_a_training_sample_never_finds_its_own_group(tmp_path):
+    # test samples come from groups training never saw: a training sample's neighbours must too
+    src = example_path("mouse_age_mini")
+    data = convert_dataset(table=src / "feature-table.biom", metadata=src / "sample-metadata.tsv", out=tmp_path / "g",
+                           targets=["Age_wk"], group_by="Sampling-date", seed=0).out
+    cfg, static, train_rows, model = setup(data)
+    assert static.neighbor_reference["groups"] == train_rows.column(GROUP_COLUMN).to_pylist()
+    spec = batch_spec(cfg, static)
+    n_asvs = len(static.asv_sequences)
+    train_groups = np.array(train_rows.column(GROUP_COLUMN).to_pylist())
+    for rows in (train_rows.slice(0, 40), static.eval_rows["test"]):
+        got = model.neighbor_prior.distances(collate(rows, spec)).numpy()
+        same = np.array(rows.column(GROUP_COLUMN).to_pylist())[:, None] == train_groups[None, :]
+        assert same.any() == (rows is not static.eval_rows["test"])  # a grouped split: test's groups are new
+        want = cdist(presence(rows, n_asvs), presence(train_rows, n_asvs), "jaccard")
+        assert np.isinf(got[same]).all()
+        np.testing.assert_allclose(got[~same], want[~same], atol=1e-6)
+    # the saved model keeps the groups, so a reloaded one excludes the same samples
+    payload = model.neighbor_prior.payload()
+    assert payload["groups"] == static.neighbor_reference["groups"]
 
 
 def test_a_table_listing_its_asvs_in_another_order_finds_the_same_neighbours(example_dataset):

@@ -13,7 +13,8 @@ from aam.config import RunConfig
 from aam.data import Dataset, convert_dataset
 from aam.errors import AamUserError
 from aam.examples import path as example_path
-from aam.training.folds import GROUP_COLUMN, fold_assignments
+from aam.data.dataset import GROUP_COLUMN
+from aam.training.folds import fold_assignments
 from aam.training.loop import fit
 from aam.training.optim import IDENTITY, make_optimizer
 from aam.training.predict import predict_table
