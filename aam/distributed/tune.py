@@ -50,6 +50,8 @@ def run_search(space: SearchSpace, address: str | None = None, resume: bool = Fa
     if not resume:
         _check_new_experiment(experiment, space)
     static, train_rows = load_static(shared)
+    # every trial builds the neighbour prior's reference on its own transform (trial.tune_trial)
+    static = dataclasses.replace(static, neighbor_reference=None)
     _check_choices_fit_dataset(space, shared, static, train_rows)
     private = None
     if resume:

@@ -155,7 +155,8 @@ def with_neighbor_reference(cfg: RunConfig, static: StaticData, train_rows: pa.T
         "indices": indices.astype(np.int64),
         "targets": np.asarray(values, dtype=np.float32),
         # a grouped table's groups: a training sample's neighbours then leave its group out
-        "groups": train_rows.column(GROUP_COLUMN).to_pylist() if GROUP_COLUMN in train_rows.column_names else None,
+        "groups": (train_rows.column(GROUP_COLUMN).to_pylist()
+                   if GROUP_COLUMN in train_rows.column_names and not cfg.neighbor_own_group else None),
     })
 
 

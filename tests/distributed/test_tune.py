@@ -289,7 +289,7 @@ def test_a_search_with_folds_ranks_trials_on_their_out_of_fold_score(ray_cluster
     import yaml
 
     space = {"fixed": {"epochs": 2, "d_model": 16, "n_heads": 2, "asv_layers": 1, "sample_layers": 1,
-                       "token_limit": 32, "batch_size": 16, "folds": 3},
+                       "token_limit": 32, "batch_size": 16, "folds": 3, "neighbor_prior": 1},
              "search": {"lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
              "tune": {"num_samples": 2, "scheduler": {"type": "none"}, "searcher": {"type": "random", "seed": 0},
                       "keep_checkpoints": 1}}
@@ -309,6 +309,10 @@ def test_a_search_with_folds_ranks_trials_on_their_out_of_fold_score(ray_cluster
     held_out = [set((out / "folds" / str(k) / "samples" / "val.txt").read_text().split()) for k in range(3)]
     assert not (held_out[0] & held_out[1]) and not (held_out[1] & held_out[2]) and not (held_out[0] & held_out[2])
     assert set(oof["sample_id"]) == set().union(*held_out) and oof["sample_id"].is_unique
+    # each fold model's neighbour prior searches its own training samples, never its held-out ones
+    for k in range(3):
+        reference = set(load_model(out / "folds" / str(k)).model.neighbor_prior.sample_ids)
+        assert reference == set().union(*held_out) - held_out[k]
     test = pd.read_csv(out / "test_predictions.tsv", sep="\t")
     assert len(oof) + len(test) == 160 and not set(oof["sample_id"]) & set(test["sample_id"])  # never test
     mae = (oof["Age_wk_actual"] - oof["Age_wk_predicted"]).abs().mean()

@@ -74,6 +74,13 @@ def test_on_a_grouped_table_a_training_sample_never_finds_its_own_group(tmp_path
     # the saved model keeps the groups, so a reloaded one excludes the same samples
     payload = model.neighbor_prior.payload()
     assert payload["groups"] == static.neighbor_reference["groups"]
+    # neighbor_own_group: only the sample itself is left out, as on an ungrouped table
+    cfg, static, train_rows, model = setup(data, neighbor_own_group=True)
+    rows = train_rows.slice(0, 40)
+    got = model.neighbor_prior.distances(collate(rows, spec)).numpy()
+    own = np.array(rows.column("sample_id").to_pylist())[:, None] == np.array(
+        train_rows.column("sample_id").to_pylist())[None, :]
+    assert np.isfinite(got[~own]).all() and np.isinf(got[own]).all()
 
 
 def test_a_table_listing_its_asvs_in_another_order_finds_the_same_neighbours(example_dataset):
