@@ -162,9 +162,9 @@ class RunConfig:
                              "near they are (0: off). The model keeps its training samples' ASVs and targets to "
                              "search them, so a saved model predicts new tables alone.", low=0, high=100,
                              section="quality")
-    neighbor_own_group: bool = _f(False, "With neighbor_prior on a table converted with --group-by: let a training "
-                                  "sample's neighbours include samples of its own group. Off, they never do, as a "
-                                  "test sample's group is never in training.", section="quality")
+    neighbor_leave_group_out: bool = _f(False, "With neighbor_prior on a table converted with --group-by: a training "
+                                        "sample's neighbours leave out its whole group, as a test sample's group is "
+                                        "never in training (off: only the sample itself).", section="quality")
     folds: int = _f(1, "Cross-validation: train this many models, each on all but one fold of train+val (grouped "
                     "datasets fold by their group), and score the out-of-fold predictions of every non-test sample; "
                     "the folder is an ensemble of the fold models (1: off, a plain train/val run). With workers > 1 the folds "

@@ -11,11 +11,10 @@ new table alone, as `aam baseline knn` cannot.
 The gate is per target, `sigmoid(w . [d_1, d_mean] + b)` of the distance to the nearest and the
 mean distance of the k: near twins -> the prior, no near sample -> the head. It starts at 0.5
 (w = b = 0). A sample is never its own neighbour (matched by sample id), so a training sample's
-prior is what a new sample's would be: its neighbours among the other training samples. On a
-grouped table (`aam convert --group-by`) a training sample's neighbours exclude its whole group
-too: a test sample's group is never in training, so a training sample that found its own group's
-samples would teach the gate to trust twins that test samples cannot have (BENCHMARKS.md §9,
-"Leave-group-out neighbours").
+prior is what a new sample's would be: its neighbours among the other training samples. Given
+groups (`neighbor_leave_group_out` on a table converted with --group-by), a training sample's
+neighbours leave out its whole group too, as a test sample's group is never in training; on the
+two grouped dev splits that did not pay on val (BENCHMARKS.md §9, "Leave-group-out neighbours").
 """
 
 from __future__ import annotations

@@ -154,9 +154,9 @@ def with_neighbor_reference(cfg: RunConfig, static: StaticData, train_rows: pa.T
         "offsets": offsets.astype(np.int64),
         "indices": indices.astype(np.int64),
         "targets": np.asarray(values, dtype=np.float32),
-        # a grouped table's groups: a training sample's neighbours then leave its group out
+        # neighbor_leave_group_out on a grouped table: a training sample's neighbours leave its group out
         "groups": (train_rows.column(GROUP_COLUMN).to_pylist()
-                   if GROUP_COLUMN in train_rows.column_names and not cfg.neighbor_own_group else None),
+                   if GROUP_COLUMN in train_rows.column_names and cfg.neighbor_leave_group_out else None),
     })
 
 

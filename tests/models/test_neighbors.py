@@ -54,12 +54,12 @@ def test_distances_are_jaccard_on_every_asv_and_a_sample_is_never_its_own_neighb
         np.testing.assert_allclose(got[~own], want[~own], atol=1e-6)
 
 
-def test_on_a_grouped_table_a_training_sample_never_finds_its_own_group(tmp_path):
-    # test samples come from groups training never saw: a training sample's neighbours must too
+def test_leave_group_out_neighbours_never_find_a_training_samples_own_group(tmp_path):
+    # test samples come from groups training never saw: with the option, a training sample's too
     src = example_path("mouse_age_mini")
     data = convert_dataset(table=src / "feature-table.biom", metadata=src / "sample-metadata.tsv", out=tmp_path / "g",
                            targets=["Age_wk"], group_by="Sampling-date", seed=0).out
-    cfg, static, train_rows, model = setup(data)
+    cfg, static, train_rows, model = setup(data, neighbor_leave_group_out=True)
     assert static.neighbor_reference["groups"] == train_rows.column(GROUP_COLUMN).to_pylist()
     spec = batch_spec(cfg, static)
     n_asvs = len(static.asv_sequences)
@@ -71,11 +71,11 @@ def test_on_a_grouped_table_a_training_sample_never_finds_its_own_group(tmp_path
         want = cdist(presence(rows, n_asvs), presence(train_rows, n_asvs), "jaccard")
         assert np.isinf(got[same]).all()
         np.testing.assert_allclose(got[~same], want[~same], atol=1e-6)
-    # the saved model keeps the groups, so a reloaded one excludes the same samples
-    payload = model.neighbor_prior.payload()
-    assert payload["groups"] == static.neighbor_reference["groups"]
-    # neighbor_own_group: only the sample itself is left out, as on an ungrouped table
-    cfg, static, train_rows, model = setup(data, neighbor_own_group=True)
+    # the saved model keeps the groups, so a reloaded one leaves out the same samples
+    assert model.neighbor_prior.payload()["groups"] == static.neighbor_reference["groups"]
+    # without the option only the sample itself is left out, as on an ungrouped table
+    cfg, static, train_rows, model = setup(data)
+    assert static.neighbor_reference["groups"] is None
     rows = train_rows.slice(0, 40)
     got = model.neighbor_prior.distances(collate(rows, spec)).numpy()
     own = np.array(rows.column("sample_id").to_pylist())[:, None] == np.array(
