@@ -97,7 +97,7 @@ class NeighborPrior(nn.Module):
     def distances(self, batch: dict) -> torch.Tensor:
         """Jaccard distance [B, R] of every sample of the batch to every reference sample, by all
         of each sample's ASVs (`all_asvs`, whatever token_limit); inf from a reference sample to
-        itself and, on a grouped table, to its whole group."""
+        itself and, where the reference has groups (neighbor_leave_group_out), to its whole group."""
         if self.table_rows is None:
             raise RuntimeError("NeighborPrior.index_table was not called for this table")
         asvs, real = batch["all_asvs"], batch["all_shares"] > 0
