@@ -62,9 +62,9 @@ class NeighborPrior(nn.Module):
             raise ValueError(f"neighbour reference has {len(self.groups)} groups for {len(self.sample_ids)} samples")
         self._row_of_sample = {s: i for i, s in enumerate(self.sample_ids)}
         # what a reference sample may not be a neighbour of: its own group, else only itself
-        label = self.groups if self.groups is not None else range(len(self.sample_ids))
-        self.group_of_row = torch.tensor(np.unique(np.asarray(label, dtype=str), return_inverse=True)[1]
-                                         .astype(np.int64) if len(self.sample_ids) else [], dtype=torch.int64)
+        self.group_of_row = (torch.arange(len(self.sample_ids)) if self.groups is None else
+                             torch.as_tensor(np.unique(np.asarray(self.groups, dtype=str), return_inverse=True)[1],
+                                             dtype=torch.int64).reshape(-1))
         self._vocabulary = {s: i for i, s in enumerate(self.sequences)}
         self.gate_weight = nn.Parameter(torch.zeros(n_targets, 2))
         self.gate_bias = nn.Parameter(torch.zeros(n_targets))
