@@ -162,6 +162,10 @@ class RunConfig:
                              "near they are (0: off). The model keeps its training samples' ASVs and targets to "
                              "search them, so a saved model predicts new tables alone.", low=0, high=100,
                              section="quality")
+    neighbor_weighting: str = _f("uniform", "How neighbor_prior averages its k nearest samples' targets. uniform: the "
+                                 "plain mean. softmax: weights softmax(-sharpness * distance), the sharpness learned "
+                                 "per target, so a sample with one near twin takes the twin's target and one with no "
+                                 "near sample the mean of the k.", choices=("uniform", "softmax"), section="quality")
     neighbor_leave_group_out: bool = _f(False, "With neighbor_prior on a table converted with --group-by: a training "
                                         "sample's neighbours leave out its whole group, as a test sample's group is "
                                         "never in training (off: only the sample itself).", section="quality")

@@ -349,7 +349,8 @@ class AAM(nn.Module):
         if cfg.neighbor_prior > 0 and self.n_targets > 0:
             if neighbor_reference is None:
                 raise ValueError("neighbor_prior needs the training samples (neighbor_reference)")
-            self.neighbor_prior = NeighborPrior(neighbor_reference, cfg.neighbor_prior, self.n_targets)
+            self.neighbor_prior = NeighborPrior(neighbor_reference, cfg.neighbor_prior, self.n_targets,
+                                                weighting=cfg.neighbor_weighting)
         self.masks_nucleotides = cfg.mask_prob > 0 and cfg.nucleotide_weight > 0
         # one position holds `nucleotide_patch` letters: the head predicts each of them
         patch = cfg.nucleotide_patch

@@ -1,6 +1,11 @@
 """The neighbour prior: the mean target of a sample's k nearest training samples, blended into
 the head's prediction by a gate that reads how near they are.
 
+The mean is plain (`neighbor_weighting: uniform`) or weighted by softmax(-sharpness * distance)
+with the sharpness learned per target (`softmax`): a fixed k must choose between one twin's
+target (k = 1, best where twins exist) and a steadier mean (k = 8, best where none do, emp
+temperature); the softmax makes that choice per sample, from how much nearer the nearest is.
+
 Why: on tables where a test sample has a near twin in training (the same animal at another
 age, the same site sampled twice), the k nearest training samples by Jaccard distance on shared
 ASVs predict better than the forest (BENCHMARKS.md §9, "A nearest-neighbour bar"), and AAM's own
@@ -27,6 +32,11 @@ from torch import nn
 
 # what a distance is when no reference sample has the target (the gate then reads a far sample)
 FAR = 1.0
+# neighbor_weighting softmax: the starting sharpness. Jaccard distances to a near twin and to the
+# next samples differ by ~0.1-0.3 where twins exist (a weight ratio of e to e^3 at 10) and by a
+# few hundredths where none do (near uniform); training moves it per target.
+SHARPNESS = 10.0
+WEIGHTINGS = ("uniform", "softmax")
 
 
 def _copy(values, dtype: torch.dtype) -> torch.Tensor:
@@ -44,9 +54,12 @@ class NeighborPrior(nn.Module):
     payload (`payload()`), DistributedDataParallel has no sparse buffers to broadcast, and each
     device gets its own copy on first use."""
 
-    def __init__(self, reference: dict, k: int, n_targets: int):
+    def __init__(self, reference: dict, k: int, n_targets: int, weighting: str = "uniform"):
         super().__init__()
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"neighbour weighting {weighting!r} is not one of {', '.join(WEIGHTINGS)}")
         self.k = int(k)
+        self.weighting = weighting
         self.sequences = list(reference["sequences"])
         self.sample_ids = list(reference["sample_ids"])
         self.offsets = _copy(reference["offsets"], torch.int64)
@@ -68,6 +81,9 @@ class NeighborPrior(nn.Module):
         self._vocabulary = {s: i for i, s in enumerate(self.sequences)}
         self.gate_weight = nn.Parameter(torch.zeros(n_targets, 2))
         self.gate_bias = nn.Parameter(torch.zeros(n_targets))
+        # a parameter only where used, so a uniform model's state dict is what it always was
+        self.log_sharpness = (nn.Parameter(torch.full((n_targets,), float(np.log(SHARPNESS))))
+                              if weighting == "softmax" else None)
         self.table_rows: torch.Tensor | None = None  # the table's ASV index -> reference row (-1: none)
         self._on: dict[str, tuple] = {}
 
@@ -122,7 +138,8 @@ class NeighborPrior(nn.Module):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(prior [B, T], gate [B, T], known [B, T]): the mean transformed target of the k nearest
-        reference samples that have it, the gate, and whether any reference sample has it."""
+        reference samples that have it (weighted by nearness with `weighting` softmax), the gate,
+        and whether any reference sample has it."""
         distance = self.distances(batch)
         targets = self._reference(distance.device)[2]
         k = min(self.k, distance.shape[1])
@@ -134,7 +151,12 @@ class NeighborPrior(nn.Module):
             ok = torch.isfinite(nearest)
             values = torch.where(ok, targets[at, t], torch.zeros_like(nearest))
             count = ok.sum(dim=1)
-            priors.append(values.sum(dim=1) / count.clamp(min=1))
+            if self.log_sharpness is None:
+                weights = ok / count.clamp(min=1)[:, None]
+            else:  # the nearest weigh most, by as much as their distances differ; none known: all 0
+                logits = (-self.log_sharpness[t].exp() * nearest).masked_fill(~ok, float("-inf"))
+                weights = torch.where(ok, torch.softmax(logits.masked_fill(~ok.any(1, keepdim=True), 0.0), dim=1), 0.0)
+            priors.append((weights * values).sum(dim=1))
             near = torch.where(ok, nearest, torch.full_like(nearest, FAR))
             features.append(torch.stack([near[:, 0], near.mean(dim=1)], dim=1))
             known.append(count > 0)

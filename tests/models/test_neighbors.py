@@ -120,6 +120,38 @@ def test_prior_is_the_mean_transformed_target_of_the_k_nearest_and_the_gate_star
     torch.testing.assert_close(moved, head + 0.5 * (prior - head))
 
 
+def test_softmax_weighting_weighs_the_k_nearest_by_nearness_with_a_learned_sharpness(example_dataset):
+    cfg, static, train_rows, model = setup(example_dataset, k=4, neighbor_weighting="softmax")
+    n_asvs = len(static.asv_sequences)
+    rows = static.eval_rows["val"]
+    batch = collate(rows, batch_spec(cfg, static))
+    distance = cdist(presence(rows, n_asvs), presence(train_rows, n_asvs), "jaccard")
+    nearest = np.argsort(distance, axis=1, kind="stable")[:, :5]
+    ranked = np.take_along_axis(distance, nearest, axis=1)
+    untied = ranked[:, 3] < ranked[:, 4] - 1e-9
+    assert untied.sum() >= len(untied) // 2
+    train_targets = static.transform.forward(raw_targets(train_rows, static.targets), None)[:, 0][nearest[:, :4]]
+    for sharpness in (10.0, 1e-6):
+        with torch.no_grad():
+            model.neighbor_prior.log_sharpness.fill_(np.log(sharpness))
+            prior = model.neighbor_prior(batch)[0][:, 0].numpy()
+        weights = np.exp(-sharpness * (ranked[:, :4] - ranked[:, :1]))
+        want = (weights * train_targets).sum(axis=1) / weights.sum(axis=1)
+        np.testing.assert_allclose(prior[untied], want[untied], rtol=1e-5, atol=1e-5)
+    # near zero sharpness is the plain mean; at the starting 10 the nearness of these samples shows
+    assert np.abs(want - train_targets.mean(axis=1)).max() < 1e-4
+    with torch.no_grad():
+        model.neighbor_prior.log_sharpness.fill_(np.log(10.0))
+        sharp = model.neighbor_prior(batch)[0][:, 0].numpy()
+    assert np.abs(sharp - want).max() > 0.05
+    # the sharpness is learned: the loss reaches it
+    model.train()
+    model(batch)["prediction"].sum().backward()
+    assert model.neighbor_prior.log_sharpness.grad.abs().sum() > 0
+    with pytest.raises(AamUserError, match=r"neighbor_weighting='nearest'"):
+        RunConfig.from_dict({"neighbor_weighting": "nearest"})
+
+
 def test_a_fold_model_searches_only_its_own_training_samples(example_dataset):
     cfg, static, train_rows, _ = setup(example_dataset, folds=3)
     rows = pa.concat_tables([train_rows, static.eval_rows["val"]]).sort_by("sample_id")
