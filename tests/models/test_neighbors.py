@@ -166,8 +166,10 @@ def test_a_fold_model_searches_only_its_own_training_samples(example_dataset):
                                    rtol=1e-6)
 
 
-def test_a_saved_model_carries_its_samples_and_predicts_a_new_table_as_in_training(example_dataset):
-    cfg = RunConfig.from_dict({"data": str(example_dataset), **TINY, "neighbor_prior": 2})
+@pytest.mark.parametrize("weighting", ["uniform", "softmax"])
+def test_a_saved_model_carries_its_samples_and_predicts_a_new_table_as_in_training(example_dataset, weighting):
+    cfg = RunConfig.from_dict({"data": str(example_dataset), **TINY, "neighbor_prior": 2,
+                               "neighbor_weighting": weighting})
     static, rows = load_static(cfg)
     session = Session(rows, cfg.seed, verbose=False)
     fit(cfg, static, session)
@@ -182,8 +184,12 @@ def test_a_saved_model_carries_its_samples_and_predicts_a_new_table_as_in_traini
     # without its reference it is another model: the prior is what the predictions read
     plain = build_model(cfg.replace(neighbor_prior=0), static).eval()
     plain.load_state_dict({k: v for k, v in bundle.model.state_dict().items() if not k.startswith("neighbor_prior.")})
-    assert set(bundle.model.state_dict()) - set(plain.state_dict()) == {"neighbor_prior.gate_weight",
-                                                                         "neighbor_prior.gate_bias"}
+    learned = {"neighbor_prior.gate_weight", "neighbor_prior.gate_bias"}
+    if weighting == "softmax":  # the sharpness was trained and saved: not its starting value
+        learned.add("neighbor_prior.log_sharpness")
+        assert bundle.model.neighbor_prior.weighting == "softmax"
+        assert not torch.allclose(bundle.model.neighbor_prior.log_sharpness, torch.tensor(np.log(10.0)).float())
+    assert set(bundle.model.state_dict()) - set(plain.state_dict()) == learned
 
 
 def test_a_negative_neighbor_count_is_refused_with_the_value():
