@@ -154,7 +154,9 @@ class NeighborPrior(nn.Module):
             if self.log_sharpness is None:
                 weights = ok / count.clamp(min=1)[:, None]
             else:  # the nearest weigh most, by as much as their distances differ; none known: all 0
-                logits = (-self.log_sharpness[t].exp() * nearest).masked_fill(~ok, float("-inf"))
+                # inf distances (too few reference samples have the target) must not reach the
+                # product: 0 * inf in its backward would make the sharpness's gradient NaN
+                logits = (-self.log_sharpness[t].exp() * torch.where(ok, nearest, 0.0)).masked_fill(~ok, float("-inf"))
                 weights = torch.where(ok, torch.softmax(logits.masked_fill(~ok.any(1, keepdim=True), 0.0), dim=1), 0.0)
             priors.append((weights * values).sum(dim=1))
             near = torch.where(ok, nearest, torch.full_like(nearest, FAR))

@@ -15,6 +15,7 @@ from aam.data.dataset import GROUP_COLUMN
 from aam.data.collate import collate, raw_targets
 from aam.errors import AamUserError
 from aam.examples import path as example_path
+from aam.models.neighbors import NeighborPrior
 from aam.training.checkpoint import load_model
 from aam.training.folds import fold_static, split_folds
 from aam.training.loop import batch_spec, build_model, fit
@@ -148,6 +149,17 @@ def test_softmax_weighting_weighs_the_k_nearest_by_nearness_with_a_learned_sharp
     model.train()
     model(batch)["prediction"].sum().backward()
     assert model.neighbor_prior.log_sharpness.grad.abs().sum() > 0
+    # a target most reference samples lack: fewer known neighbours than k, a finite gradient all the same
+    reference = dict(static.neighbor_reference)
+    reference["targets"] = np.array(reference["targets"], dtype=np.float32).copy()
+    reference["targets"][2:] = np.nan
+    few = NeighborPrior(reference, 4, 1, weighting="softmax")
+    few.index_table(static.asv_sequences)
+    prior, _, known = few(batch)
+    prior.sum().backward()
+    assert known.all() and torch.isfinite(few.log_sharpness.grad).all() and few.log_sharpness.grad.abs().sum() > 0
+    two = reference["targets"][:2, 0]
+    assert ((prior[:, 0] >= two.min() - 1e-6) & (prior[:, 0] <= two.max() + 1e-6)).all()
     with pytest.raises(AamUserError, match=r"neighbor_weighting='nearest'"):
         RunConfig.from_dict({"neighbor_weighting": "nearest"})
 
