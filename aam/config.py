@@ -164,8 +164,8 @@ class RunConfig:
                              section="quality")
     neighbor_weighting: str = _f("uniform", "How neighbor_prior averages its k nearest samples' targets. uniform: the "
                                  "plain mean. softmax: weights softmax(-sharpness * distance), the sharpness learned "
-                                 "per target, so a sample with one near twin takes the twin's target and one with no "
-                                 "near sample the mean of the k.", choices=("uniform", "softmax"), section="quality")
+                                 "per target, so the nearer of the k weigh more, by as much as they are nearer, and k "
+                                 "about as near weigh about the same.", choices=("uniform", "softmax"), section="quality")
     neighbor_leave_group_out: bool = _f(False, "With neighbor_prior on a table converted with --group-by: a training "
                                         "sample's neighbours leave out its whole group, as a test sample's group is "
                                         "never in training (off: only the sample itself).", section="quality")

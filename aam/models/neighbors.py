@@ -32,9 +32,10 @@ from torch import nn
 
 # what a distance is when no reference sample has the target (the gate then reads a far sample)
 FAR = 1.0
-# neighbor_weighting softmax: the starting sharpness. Jaccard distances to a near twin and to the
-# next samples differ by ~0.1-0.3 where twins exist (a weight ratio of e to e^3 at 10) and by a
-# few hundredths where none do (near uniform); training moves it per target.
+# neighbor_weighting softmax: the starting sharpness. The median Jaccard gap between a test
+# sample's nearest and 8th nearest training sample is 0.08-0.13 on the dev splits with twins
+# (weights 2-4x apart at 10) and 0.02 where test's studies are new (near uniform); training moves
+# it per target (to 12-22 on mouse_age, BENCHMARKS.md §9 "A prior weighted by nearness").
 SHARPNESS = 10.0
 WEIGHTINGS = ("uniform", "softmax")
 
