@@ -15,7 +15,7 @@ from aam.data.dataset import GROUP_COLUMN
 from aam.data.collate import collate, raw_targets
 from aam.errors import AamUserError
 from aam.examples import path as example_path
-from aam.models.neighbors import NeighborPrior
+from aam.models.neighbors import SHARPNESS, NeighborPrior
 from aam.training.checkpoint import load_model
 from aam.training.folds import fold_static, split_folds
 from aam.training.loop import batch_spec, build_model, fit
@@ -132,19 +132,17 @@ def test_softmax_weighting_weighs_the_k_nearest_by_nearness_with_a_learned_sharp
     untied = ranked[:, 3] < ranked[:, 4] - 1e-9
     assert untied.sum() >= len(untied) // 2
     train_targets = static.transform.forward(raw_targets(train_rows, static.targets), None)[:, 0][nearest[:, :4]]
-    for sharpness in (10.0, 1e-6):
+    got = {}
+    for sharpness in (1e-6, SHARPNESS):  # the starting sharpness last: the backward below starts there
         with torch.no_grad():
             model.neighbor_prior.log_sharpness.fill_(np.log(sharpness))
-            prior = model.neighbor_prior(batch)[0][:, 0].numpy()
+            got[sharpness] = model.neighbor_prior(batch)[0][:, 0].numpy()
         weights = np.exp(-sharpness * (ranked[:, :4] - ranked[:, :1]))
         want = (weights * train_targets).sum(axis=1) / weights.sum(axis=1)
-        np.testing.assert_allclose(prior[untied], want[untied], rtol=1e-5, atol=1e-5)
-    # near zero sharpness is the plain mean; at the starting 10 the nearness of these samples shows
-    assert np.abs(want - train_targets.mean(axis=1)).max() < 1e-4
-    with torch.no_grad():
-        model.neighbor_prior.log_sharpness.fill_(np.log(10.0))
-        sharp = model.neighbor_prior(batch)[0][:, 0].numpy()
-    assert np.abs(sharp - want).max() > 0.05
+        np.testing.assert_allclose(got[sharpness][untied], want[untied], rtol=1e-5, atol=1e-5)
+    # near zero sharpness is the plain mean; at the starting sharpness the nearness of these samples shows
+    assert np.abs(got[1e-6] - train_targets.mean(axis=1)).max() < 1e-4
+    assert np.abs(got[SHARPNESS] - got[1e-6]).max() > 0.05
     # the sharpness is learned: the loss reaches it
     model.train()
     model(batch)["prediction"].sum().backward()
@@ -200,7 +198,7 @@ def test_a_saved_model_carries_its_samples_and_predicts_a_new_table_as_in_traini
     if weighting == "softmax":  # the sharpness was trained and saved: not its starting value
         learned.add("neighbor_prior.log_sharpness")
         assert bundle.model.neighbor_prior.weighting == "softmax"
-        assert not torch.allclose(bundle.model.neighbor_prior.log_sharpness, torch.tensor(np.log(10.0)).float())
+        assert not torch.allclose(bundle.model.neighbor_prior.log_sharpness, torch.tensor(np.log(SHARPNESS)).float())
     assert set(bundle.model.state_dict()) - set(plain.state_dict()) == learned
 
 
